@@ -1,0 +1,67 @@
+"""The functional building blocks of CHTN: the branches and the shared correlation head.
+
+Layer names follow the released Caffe model (``fc6_s``, ``fc7_i``, ``fc8`` ...) so weights and
+TensorBoard graphs read like the paper.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def _dense_bn_relu(x, width: int, name: str, dropout: float):
+    # Caffe branch layers: InnerProduct -> BatchNorm -> ReLU.
+    x = keras.layers.Dense(width, name=name)(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "i", dropout: float = 0.0,
+                       name: str = "image_branch") -> keras.Model:
+    """Image features -> ``fc6_<suffix>`` -> ``fc7_<suffix>``; outputs ``[fc6, fc7]`` (post-ReLU).
+
+    Args:
+        feature_dim: width of the backbone features (or precomputed features) the branch takes.
+        widths: widths of fc6 and fc7.
+        suffix: ``i`` for the target image branch, ``s`` for the source image branch.
+        dropout: dropout after each layer (training only).
+    """
+    inputs = keras.Input(shape=(feature_dim,), name=f"{name}_features")
+    fc6 = _dense_bn_relu(inputs, widths[0], f"fc6_{suffix}", dropout)
+    fc7 = _dense_bn_relu(fc6, widths[1], f"fc7_{suffix}", dropout)
+    return keras.Model(inputs, [fc6, fc7], name=name)
+
+
+def build_text_branch(vocab_size: int, *, widths=(4096, 4096), dropout: float = 0.0,
+                      name: str = "text_branch") -> keras.Model:
+    """Bag-of-words vector -> BatchNorm with learnable scale -> ``fc6_t`` -> ``fc7_t``; outputs ``[fc6, fc7]``."""
+    inputs = keras.Input(shape=(vocab_size,), name="bag_of_words")
+    x = keras.layers.BatchNormalization(name="text_input_bn")(inputs)
+    fc6 = _dense_bn_relu(x, widths[0], "fc6_t", dropout)
+    fc7 = _dense_bn_relu(fc6, widths[1], "fc7_t", dropout)
+    return keras.Model(inputs, [fc6, fc7], name=name)
+
+
+def build_correlation_head(input_dim: int, num_classes: int, *, widths=(4096, 4096),
+                           name: str = "shared_head") -> keras.Model:
+    """The layer-sharing correlation subnetwork: ``fc8`` -> ``fc9`` -> ``fc10`` logits.
+
+    Dense -> ReLU for fc8 and fc9 (no BatchNorm in the released CHTN). Outputs ``[fc9, fc10_logits]``.
+    The same instance is applied to both modalities; the "no shared layers" ablation builds two.
+    """
+    prefix = "" if name == "shared_head" else f"{name}_"
+    inputs = keras.Input(shape=(input_dim,), name=f"{name}_input")
+    fc8 = keras.layers.Dense(widths[0], activation="relu", name=f"{prefix}fc8")(inputs)
+    fc9 = keras.layers.Dense(widths[1], activation="relu", name=f"{prefix}fc9")(fc8)
+    logits = keras.layers.Dense(num_classes, name=f"{prefix}fc10")(fc9)
+    return keras.Model(inputs, [fc9, logits], name=name)
+
+
+def build_source_classifier(input_dim: int, num_source_classes: int, *, name: str = "source_classifier") -> keras.Model:
+    """``fc8_s``: source-domain class logits from ``fc7_s``."""
+    inputs = keras.Input(shape=(input_dim,), name="fc7_s_input")
+    logits = keras.layers.Dense(num_source_classes, name="fc8_s")(inputs)
+    return keras.Model(inputs, logits, name=name)

@@ -1,0 +1,225 @@
+"""The Cross-modal Hybrid Transfer Network as a Keras 3 model with the hybrid objective in ``train_step``.
+
+Image inputs are feature vectors: backbone features of raw images (computed once and cached while the
+backbone is frozen) or precomputed features such as Wikipedia's SIFT. Text inputs are raw strings,
+vectorised in the graph. :meth:`CHTNModel.image_encoder` and :meth:`CHTNModel.text_encoder` are functional
+models that map one modality to the common representation; they share the trained layers.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from chtn_tf import losses as chtn_losses
+from chtn_tf.model.branches import (
+    build_correlation_head,
+    build_image_branch,
+    build_source_classifier,
+    build_text_branch,
+)
+from chtn_tf.model.config import ExperimentConfig
+
+LOSS_TERMS = ("source_ce", "image_ce", "text_ce", "mmd_fc6", "mmd_fc7", "pair_fc6", "pair_fc7")
+
+
+class CHTNModel(keras.Model):
+    """CHTN: source image, target image and text branches tied by MMD and pair losses, and a shared head.
+
+    Batches are dicts ``{"target": {"image": float[b, d], "text": string[b], "label": int[b]},
+    "source": {"image": float[b, d], "label": int[b]}}``; ``"source"`` is absent when the run has no
+    source domain (or the "no source transfer" ablation).
+
+    Args:
+        config: the experiment config (network shape and loss weights are read from it).
+        image_feature_dim: width of the image feature vectors.
+        num_classes: number of target classes.
+        text_vectorizer: an adapted ``TextVectorization`` (see :mod:`chtn_tf.model.text`).
+        num_source_classes: number of source-domain classes; 0 when there is no source domain.
+
+    Example:
+        >>> model = CHTNModel(config, image_feature_dim=1280, num_classes=10,
+        ...                   text_vectorizer=vectorizer, num_source_classes=10)
+        >>> model.compile(optimizer=make_optimizer(config.optimizer))
+        >>> model.fit(train_batches, epochs=30)
+        >>> model.image_encoder(image_features)  # common representation
+    """
+
+    def __init__(self, config: ExperimentConfig, *, image_feature_dim: int, num_classes: int,
+                 text_vectorizer: keras.layers.TextVectorization, num_source_classes: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        # Configuration.
+        self.config = config
+        self.image_feature_dim = int(image_feature_dim)
+        self.num_classes = int(num_classes)
+        self.use_source = bool(num_source_classes) and config.loss.source_transfer
+        self.num_source_classes = int(num_source_classes) if self.use_source else 0
+        model_cfg = config.model
+
+        # Layers.
+        self.text_vectorizer = text_vectorizer
+        vocab_size = int(text_vectorizer.vocabulary_size())
+        self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
+                                               dropout=model_cfg.dropout, name="image_branch")
+        self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout)
+        fc7_width = model_cfg.branch_widths[1]
+        if model_cfg.shared_layers:
+            self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths)
+            self.text_head = self.image_head
+        else:
+            self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths,
+                                                     name="image_head")
+            self.text_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths,
+                                                    name="text_head")
+        if self.use_source:
+            self.source_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths,
+                                                    suffix="s", dropout=model_cfg.dropout, name="source_branch")
+            self.source_classifier = build_source_classifier(fc7_width, self.num_source_classes)
+        else:
+            self.source_branch = None
+            self.source_classifier = None
+
+        # Encoders: functional models sharing the layers above, used for evaluation and export.
+        self.image_encoder = self._build_image_encoder()
+        self.text_encoder = self._build_text_encoder()
+
+        # One tracker per loss term.
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS}
+
+    # ------------------------------------------------------------------ encoders
+    def _representation(self, fc9, logits):
+        if self.config.model.representation == "fc9":
+            return fc9
+        return keras.layers.Softmax(name="fc10_probabilities")(logits)
+
+    def _build_image_encoder(self) -> keras.Model:
+        features = keras.Input(shape=(self.image_feature_dim,), name="image_features")
+        _, fc7 = self.image_branch(features)
+        fc9, logits = self.image_head(fc7)
+        return keras.Model(features, self._representation(fc9, logits), name="image_encoder")
+
+    def _build_text_encoder(self) -> keras.Model:
+        texts = keras.Input(shape=(), dtype="string", name="text")
+        bag_of_words = self.text_vectorizer(texts)
+        _, fc7 = self.text_branch(bag_of_words)
+        fc9, logits = self.text_head(fc7)
+        return keras.Model(texts, self._representation(fc9, logits), name="text_encoder")
+
+    # ------------------------------------------------------------------ forward
+    def call(self, inputs, training=False):
+        """``{"image": features, "text": strings}`` -> ``{"image": codes, "text": codes}`` (either key optional)."""
+        outputs = {}
+        if "image" in inputs:
+            outputs["image"] = self.image_encoder(inputs["image"], training=training)
+        if "text" in inputs:
+            outputs["text"] = self.text_encoder(inputs["text"], training=training)
+        return outputs
+
+    def build_all(self) -> None:
+        """Creates every variable (including the training-only source branch) by one symbolic pass."""
+        batch = {"target": {"image": tf.zeros([2, self.image_feature_dim]), "text": tf.constant(["a", "b"]),
+                            "label": tf.zeros([2], tf.int32)}}
+        if self.use_source:
+            batch["source"] = {"image": tf.zeros([2, self.image_feature_dim]), "label": tf.zeros([2], tf.int32)}
+        self.loss_terms(batch, training=False)
+        self.image_encoder(tf.zeros([1, self.image_feature_dim]))
+
+    def loss_terms(self, batch, training: bool) -> dict:
+        """Every term of the hybrid objective for one batch, unweighted, as a dict of scalars."""
+        target = batch["target"]
+        labels = tf.cast(target["label"], tf.int32)
+        image_fc6, image_fc7 = self.image_branch(target["image"], training=training)
+        text_fc6, text_fc7 = self.text_branch(self.text_vectorizer(target["text"]), training=training)
+        _, image_logits = self.image_head(image_fc7, training=training)
+        _, text_logits = self.text_head(text_fc7, training=training)
+        zero = tf.constant(0.0)
+        terms = {
+            "image_ce": chtn_losses.softmax_cross_entropy(labels, image_logits),
+            "text_ce": chtn_losses.softmax_cross_entropy(labels, text_logits),
+            "pair_fc6": chtn_losses.pair_loss(image_fc6, text_fc6),
+            "pair_fc7": chtn_losses.pair_loss(image_fc7, text_fc7),
+            "source_ce": zero, "mmd_fc6": zero, "mmd_fc7": zero,
+        }
+        if self.use_source and "source" in batch:
+            source = batch["source"]
+            source_fc6, source_fc7 = self.source_branch(source["image"], training=training)
+            source_logits = self.source_classifier(source_fc7, training=training)
+            kernel = dict(kernel_mul=self.config.loss.mmd_kernel_mul, kernel_num=self.config.loss.mmd_kernel_num)
+            terms["source_ce"] = chtn_losses.softmax_cross_entropy(tf.cast(source["label"], tf.int32), source_logits)
+            terms["mmd_fc6"] = chtn_losses.gaussian_mmd(source_fc6, image_fc6, **kernel)
+            terms["mmd_fc7"] = chtn_losses.gaussian_mmd(source_fc7, image_fc7, **kernel)
+        return terms
+
+    def total_loss(self, terms: dict):
+        """The weighted sum of the objective, in one place (see :class:`~chtn_tf.model.config.LossConfig`)."""
+        w = self.config.loss
+        return (w.source_ce * terms["source_ce"] + w.image_ce * terms["image_ce"] + w.text_ce * terms["text_ce"]
+                + w.mmd * (terms["mmd_fc6"] + terms["mmd_fc7"])
+                + w.pair * (terms["pair_fc6"] + terms["pair_fc7"]))
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch):
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(batch, training=True)
+            loss = self.total_loss(terms)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._track(loss, terms)
+
+    def test_step(self, batch):
+        terms = self.loss_terms(batch, training=False)
+        return self._track(self.total_loss(terms), terms)
+
+    def _track(self, loss, terms):
+        self.loss_trackers["loss"].update_state(loss)
+        for name in LOSS_TERMS:
+            self.loss_trackers[name].update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    # ------------------------------------------------------------------ inference helpers
+    def encode_images(self, features, batch_size: int = 512) -> np.ndarray:
+        """Common representation of image feature vectors, as numpy."""
+        features = np.asarray(features, dtype=np.float32)
+        return np.concatenate([
+            keras.ops.convert_to_numpy(self._encode_images_fn(tf.constant(features[i:i + batch_size])))
+            for i in range(0, len(features), batch_size)
+        ]) if len(features) else np.zeros((0, self.code_dim), np.float32)
+
+    def encode_texts(self, texts, batch_size: int = 512) -> np.ndarray:
+        """Common representation of raw texts, as numpy."""
+        texts = list(texts)
+        return np.concatenate([
+            keras.ops.convert_to_numpy(self._encode_texts_fn(tf.constant(texts[i:i + batch_size], dtype=tf.string)))
+            for i in range(0, len(texts), batch_size)
+        ]) if texts else np.zeros((0, self.code_dim), np.float32)
+
+    @property
+    def code_dim(self) -> int:
+        return self.num_classes if self.config.model.representation == "fc10" else self.config.model.shared_widths[1]
+
+    @tf.function(reduce_retracing=True)
+    def _encode_images_fn(self, features):
+        return self.image_encoder(features, training=False)
+
+    @tf.function(reduce_retracing=True)
+    def _encode_texts_fn(self, texts):
+        return self.text_encoder(texts, training=False)
+
+
+def make_optimizer(config) -> keras.optimizers.Optimizer:
+    """The optimiser of an :class:`~chtn_tf.model.config.OptimizerConfig`; no decay on biases and BatchNorm."""
+    if config.name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum,
+                                         weight_decay=config.weight_decay or None)
+    elif config.name == "adam":
+        optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {config.name!r}")
+    if config.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "beta", "gamma"])
+    return optimizer

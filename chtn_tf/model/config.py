@@ -1,0 +1,232 @@
+"""Typed configuration of a CHTN experiment; defaults are the released model's values.
+
+One :class:`ExperimentConfig` describes a run completely (data, backbone, network, losses, optimiser,
+schedule). It round-trips through JSON, is written beside every run's outputs, and is enough, with the
+run's weights and text vocabulary, to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+REPRESENTATIONS = ("fc10", "fc9")
+TEXT_ANALYZERS = ("auto", "word", "char")
+TEXT_WEIGHTINGS = ("tf_idf", "count")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which data a run reads.
+
+    Attributes:
+        dataset: registered dataset name (``wikipedia``, ``webnews``, ``pascal``, ``nuswide10k``), or None
+            when ``manifest`` is given.
+        manifest: path of a user CSV manifest ``image,text,label[,split]``.
+        data_dir: data root; None: ``CHTN_DATA_DIR``, then the user cache folder.
+        source: source domain for transfer: ``imagenette`` (under the data root), ``none``, or a folder path.
+            ``auto``: ``imagenette`` when the dataset has raw images, else ``none``.
+        options: reader options (e.g. ``{"protocol": "231/462"}`` for Wikipedia).
+        val_fraction: fraction of train carved out as validation when the dataset has no validation split.
+    """
+
+    dataset: Optional[str] = None
+    manifest: Optional[str] = None
+    data_dir: Optional[str] = None
+    source: str = "auto"
+    options: dict = dataclasses.field(default_factory=dict)
+    val_fraction: float = 0.1
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network's shape.
+
+    Attributes:
+        branch_widths: widths of fc6 and fc7 in each branch (source image, target image, text).
+        shared_widths: widths of the shared correlation layers fc8 and fc9.
+        text_vocab_size: bag-of-words size (most frequent training terms).
+        text_weighting: ``tf_idf`` or ``count``.
+        text_analyzer: ``word`` (lower-cased words), ``char`` (character uni+bi-grams, for Chinese),
+            ``auto`` (``char`` when most training texts are CJK).
+        representation: common representation used for retrieval: ``fc10`` (softmax probabilities)
+            or ``fc9`` (activations).
+        dropout: dropout rate after each branch fc layer (0 in the released model).
+        shared_layers: False = the "no shared layers" ablation (separate fc8-fc10 heads per modality).
+    """
+
+    branch_widths: tuple = (4096, 4096)
+    shared_widths: tuple = (4096, 4096)
+    text_vocab_size: int = 3000
+    text_weighting: str = "tf_idf"
+    text_analyzer: str = "auto"
+    representation: str = "fc10"
+    dropout: float = 0.0
+    shared_layers: bool = True
+
+    def __post_init__(self):
+        self.branch_widths = tuple(int(w) for w in self.branch_widths)
+        self.shared_widths = tuple(int(w) for w in self.shared_widths)
+        if len(self.branch_widths) != 2 or len(self.shared_widths) != 2:
+            raise ValueError("branch_widths and shared_widths each need two widths (fc6, fc7) / (fc8, fc9)")
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        if self.text_analyzer not in TEXT_ANALYZERS:
+            raise ValueError(f"text_analyzer must be one of {TEXT_ANALYZERS}, got {self.text_analyzer!r}")
+        if self.text_weighting not in TEXT_WEIGHTINGS:
+            raise ValueError(f"text_weighting must be one of {TEXT_WEIGHTINGS}, got {self.text_weighting!r}")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights of the hybrid objective.
+
+    loss = source_ce·CE_source + image_ce·CE_image + text_ce·CE_text
+           + mmd·(MMD_fc6 + MMD_fc7) + pair·(pair_fc6 + pair_fc7)
+
+    Attributes:
+        source_ce, image_ce, text_ce: softmax cross-entropy weights.
+        mmd: weight of the source/target image MMD terms (released: 1).
+        pair: weight of the image/text pair constraint (released: 0.001).
+        mmd_kernel_num: number of Gaussian kernels (1 = the released single kernel).
+        mmd_kernel_mul: ratio between neighbouring bandwidths of the multi-kernel form.
+        source_transfer: False = the "no source transfer" ablation (no source branch, no MMD).
+    """
+
+    source_ce: float = 1.0
+    image_ce: float = 1.0
+    text_ce: float = 1.0
+    mmd: float = 1.0
+    pair: float = 0.001
+    mmd_kernel_num: int = 1
+    mmd_kernel_mul: float = 2.0
+    source_transfer: bool = True
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """Optimiser (released: SGD, lr 0.01 fixed, momentum 0.9, weight decay 5e-4).
+
+    Attributes:
+        name: ``sgd`` or ``adam``.
+        learning_rate: step size.
+        momentum: SGD momentum.
+        weight_decay: decoupled weight decay applied by the optimiser.
+    """
+
+    name: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Schedule.
+
+    Attributes:
+        epochs: passes over the target training pairs.
+        batch_size: target pairs per step; the same number of source images joins each step.
+        seed: seed for splits, shuffling and initialisation.
+        backbone: image backbone for raw-image datasets (``auto``, ``efficientnet-lite0``,
+            ``resnet50-v2`` or a TF-Hub handle).
+        early_stopping_patience: stop after this many epochs without a better validation MAP (0: never).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    seed: int = 0
+    backbone: str = "auto"
+    early_stopping_patience: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything a run needs; written as ``config.json`` beside the run's outputs."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ExperimentConfig":
+        """Builds a config from a (possibly partial) nested dict; unknown keys are an error."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            section_cls = _SECTION_TYPES[field.name]
+            given = values.get(field.name, {}) or {}
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            bad = set(given) - known
+            if bad:
+                raise ValueError(f"unknown field(s) {sorted(bad)} in config section '{field.name}'; known: {sorted(known)}")
+            kwargs[field.name] = section_cls(**given)
+        return cls(**kwargs)
+
+    def to_json(self, path: str) -> None:
+        """Writes the config atomically as JSON."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_json(cls, path: str) -> "ExperimentConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a config is a JSON object of sections "
+                             f"{[f.name for f in dataclasses.fields(cls)]}") from e
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def override(self, dotted: dict) -> "ExperimentConfig":
+        """A copy with ``{"loss.mmd": 0.5, ...}`` style overrides applied (None values are ignored)."""
+        values = self.to_dict()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in values or name not in values[section]:
+                raise ValueError(f"unknown config field {key!r}")
+            values[section][name] = value
+        return ExperimentConfig.from_dict(values)
+
+
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optimizer": OptimizerConfig,
+    "train": TrainConfig,
+}
+
+
+# Per-dataset defaults. Everything not listed keeps the released model's value.
+_DATASET_OVERRIDES = {
+    "wikipedia": {},
+    "webnews": {},
+    "pascal": {},
+    "nuswide10k": {},
+}
+
+
+def dataset_config(name: Optional[str]) -> ExperimentConfig:
+    """The registered default config of a dataset (the released model's values plus dataset specifics)."""
+    config = ExperimentConfig()
+    config.data.dataset = name
+    return config.override(_DATASET_OVERRIDES.get(name or "", {}))

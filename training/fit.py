@@ -1,0 +1,117 @@
+"""Train a CHTN model and evaluate it: ``python -m training.fit --dataset webnews --out runs/webnews``.
+
+Shows progress and validation MAP each epoch, keeps the best checkpoint by validation MAP (never test),
+resumes an interrupted run from the same ``--out`` folder, writes TensorBoard logs, the resolved config,
+``results.json`` and PR / training-curve plots, and prints the test MAP table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from chtn_tf.data.types import DatasetError
+from chtn_tf.model.config import ExperimentConfig, dataset_config
+
+DATASETS = ("wikipedia", "webnews", "pascal", "nuswide10k")
+
+# CLI flag -> config field; None means "not given" and leaves the config's value.
+OVERRIDES = {
+    "data_dir": "data.data_dir", "source": "data.source",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed", "backbone": "train.backbone",
+    "mmd_weight": "loss.mmd", "pair_weight": "loss.pair", "source_weight": "loss.source_ce",
+    "learning_rate": "optimizer.learning_rate", "optimizer": "optimizer.name",
+    "representation": "model.representation",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--dataset", choices=DATASETS, help="a registered dataset")
+    data.add_argument("--manifest", help="CSV manifest image,text,label[,split] of your own collection")
+    parser.add_argument("--config", help="JSON config (e.g. best_config.json of training.tune); flags override it")
+    parser.add_argument("--out", help="run folder (default runs/<dataset>); re-running resumes it")
+    parser.add_argument("--data-dir", help="data root (default: $CHTN_DATA_DIR, then ~/.cache/chtn/datasets)")
+    parser.add_argument("--source", help="source domain: imagenette, none, or a folder <class>/<image> (default auto)")
+    parser.add_argument("--backbone", help="auto, efficientnet-lite0, resnet50-v2, or a TF-Hub handle")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"))
+    parser.add_argument("--mmd-weight", type=float, help="weight of MMD_fc6 + MMD_fc7")
+    parser.add_argument("--pair-weight", type=float, help="weight of pair_fc6 + pair_fc7")
+    parser.add_argument("--source-weight", type=float, help="weight of the source cross-entropy")
+    parser.add_argument("--representation", choices=("fc10", "fc9"))
+    parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
+                        help="switch off one part of CHTN")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    return parser
+
+
+def resolve_config(args) -> ExperimentConfig:
+    """The config a command line asks for: --config file or the dataset's defaults, then flag overrides."""
+    if args.config:
+        config = ExperimentConfig.from_json(args.config)
+    else:
+        config = dataset_config(args.dataset)
+    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
+    if args.dataset:
+        overrides.update({"data.dataset": args.dataset, "data.manifest": None})
+    if args.manifest:
+        overrides["data.manifest"] = os.path.abspath(args.manifest)
+        config.data.dataset = None
+    config = config.override(overrides)
+    if args.ablation == "no-source":
+        config.loss.source_transfer = False
+    elif args.ablation == "no-pair":
+        config.loss.pair = 0.0
+    elif args.ablation == "no-shared":
+        config.model.shared_layers = False
+    if not config.data.dataset and not config.data.manifest:
+        raise DatasetError("no data given: pass --dataset NAME, --manifest PATH, or a --config naming one")
+    return config
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = resolve_config(args)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = config.data.dataset or os.path.splitext(os.path.basename(config.data.manifest))[0]
+    run_dir = args.out or os.path.join("runs", name)
+
+    from training.inputs import prepare_inputs
+    from training.run import format_results, train_and_evaluate
+
+    try:
+        inputs = prepare_inputs(config, progress=not args.quiet)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dataset = inputs.dataset
+    print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
+          f"{len(dataset.splits['test'])} test pairs, {dataset.num_classes} classes; image input: "
+          f"{inputs.backbone['name']} ({inputs.feature_dim}-d); source domain: "
+          f"{'none' if inputs.source_features is None else f'{len(inputs.source_features)} images, {inputs.num_source_classes} classes'}",
+          flush=True)
+    if dataset.dropped():
+        print(f"  {len(dataset.dropped())} pairs dropped (see `python -m chtn_tf.data.inspect`): "
+              f"{', '.join(dataset.dropped())}", flush=True)
+    results = train_and_evaluate(config, inputs, run_dir, resume=not args.no_resume,
+                                 verbose=2 if args.quiet else "auto")
+    print()
+    print(format_results(results))
+    print(f"\nrun folder: {run_dir} (results.json, pr_curves.png, training_curves.png, logs/ for TensorBoard)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

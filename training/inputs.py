@@ -1,0 +1,143 @@
+"""Turns a config's data section into model-ready arrays: image features per split, texts, labels, source.
+
+Raw images go through the (frozen) backbone once; the features are cached by
+:func:`chtn_tf.backbones.extract_features`, so a second run, or a tuning trial, starts in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from chtn_tf.data import load_dataset, source_domain
+from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem, SplitData
+from chtn_tf.model.config import ExperimentConfig
+
+log = logging.getLogger("chtn")
+
+
+@dataclasses.dataclass
+class PreparedInputs:
+    """Everything the model needs, as arrays.
+
+    Attributes:
+        dataset: the dataset as read (class names, problems, ...), with pairs whose image failed dropped.
+        features: ``{split: float32 [n, d]}`` image features aligned with ``dataset.splits[split]``.
+        source_features: float32 ``[m, d]`` source-domain image features, or None (no source transfer).
+        source_labels: int32 ``[m]`` or None.
+        source_class_names: list or None.
+        backbone: the backbone's description (``{"name", "handle", "image_size", "feature_dim"}``), or
+            ``{"name": "precomputed"}`` when the dataset ships features.
+    """
+
+    dataset: CrossModalDataset
+    features: dict
+    source_features: Optional[np.ndarray]
+    source_labels: Optional[np.ndarray]
+    source_class_names: Optional[list]
+    backbone: dict
+
+    @property
+    def feature_dim(self) -> int:
+        return int(next(iter(self.features.values())).shape[1])
+
+    @property
+    def num_source_classes(self) -> int:
+        return 0 if self.source_class_names is None else len(self.source_class_names)
+
+
+def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
+    """The dataset named by ``config.data`` (a registered name or a manifest)."""
+    data = config.data
+    if not data.dataset and not data.manifest:
+        raise DatasetError("no data given: pass --dataset NAME or --manifest PATH")
+    return load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
+                        val_fraction=data.val_fraction, **data.options)
+
+
+def _resolve_source(config: ExperimentConfig, dataset: CrossModalDataset) -> Optional[str]:
+    source = config.data.source or "auto"
+    if not config.loss.source_transfer or source == "none":
+        return None
+    if dataset.image_kind == "features":
+        if source == "auto":
+            return None
+        raise DatasetError(
+            f"source transfer needs raw target images, but {dataset.name} has only precomputed image features "
+            f"here; run with --source none (or provide the raw images)")
+    return "imagenette" if source == "auto" else source
+
+
+def prepare_inputs(config: ExperimentConfig, *, progress: bool = True) -> PreparedInputs:
+    """Reads the data and computes (or loads cached) image features for every split and the source domain."""
+    dataset = read_dataset(config)
+    source_spec = _resolve_source(config, dataset)
+
+    if dataset.image_kind == "features":
+        features = {name: split.image_features for name, split in dataset.splits.items()}
+        backbone = {"name": "precomputed", "feature_dim": int(dataset.image_feature_dim)}
+        spec = None
+    else:
+        from chtn_tf.backbones import extract_features, resolve_backbone
+
+        spec = resolve_backbone(config.train.backbone)
+        backbone = {"name": spec.name, "handle": str(spec.handle), "image_size": int(spec.image_size),
+                    "feature_dim": int(spec.feature_dim)}
+        features = {}
+        for name, split in list(dataset.splits.items()):
+            extracted = extract_features(split.image_paths, spec, progress=progress)
+            features[name], dataset.splits[name] = _drop_failed(dataset, name, split, extracted)
+
+    source_features = source_labels = source_classes = None
+    if source_spec is not None:
+        source = source_domain(source_spec, data_dir=config.data.data_dir)
+        extracted = extract_features(source.image_paths, spec, progress=progress)
+        keep = np.ones(len(source.image_paths), bool)
+        for index, path, reason in extracted.failed:
+            keep[index] = False
+            log.warning("source image skipped: %s (%s)", path, reason)
+        source_features = extracted.features[keep]
+        source_labels = np.asarray(source.labels, np.int32)[keep]
+        source_classes = list(source.class_names)
+    return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone)
+
+
+def _drop_failed(dataset: CrossModalDataset, split_name: str, split: SplitData, extracted):
+    if not extracted.failed:
+        return extracted.features, split
+    keep = np.ones(len(split), bool)
+    for index, path, reason in extracted.failed:
+        keep[index] = False
+        dataset.problems.append(Problem(kind="undecodable_image", where=str(path), pair_id=split.ids[index],
+                                        split=split_name, message=f"image could not be decoded ({reason}); pair skipped"))
+        log.warning("pair %s skipped: image %s could not be decoded (%s)", split.ids[index], path, reason)
+    index = np.flatnonzero(keep)
+    return extracted.features[index], split.subset(index)
+
+
+def target_batches(inputs: PreparedInputs, split: str, *, batch_size: int, seed: int, shuffle: bool,
+                   with_source: bool) -> tf.data.Dataset:
+    """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch."""
+    data = inputs.dataset.splits[split]
+    target = tf.data.Dataset.from_tensor_slices({
+        "image": inputs.features[split].astype(np.float32),
+        "text": tf.constant(list(data.texts), dtype=tf.string),
+        "label": data.labels.astype(np.int32),
+    })
+    if shuffle:
+        target = target.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    # Drop a ragged last batch while training: a batch of one breaks BatchNorm and the MMD bandwidth.
+    target = target.batch(batch_size, drop_remainder=shuffle and len(data) > batch_size)
+    if with_source and inputs.source_features is not None:
+        source = tf.data.Dataset.from_tensor_slices({
+            "image": inputs.source_features.astype(np.float32),
+            "label": inputs.source_labels.astype(np.int32),
+        }).repeat().shuffle(len(inputs.source_features), seed=seed + 1).batch(batch_size, drop_remainder=True)
+        batches = tf.data.Dataset.zip(target, source).map(lambda t, s: {"target": t, "source": s})
+    else:
+        batches = target.map(lambda t: {"target": t})
+    return batches.prefetch(tf.data.AUTOTUNE)
