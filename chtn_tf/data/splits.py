@@ -1,0 +1,92 @@
+"""Stratified, seeded splitting, and the final assembly of a dataset's train / val / test splits."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from chtn_tf.data.types import CrossModalDataset, DatasetError, SplitData
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integers proportional to ``weights`` summing exactly to ``total`` (Hamilton's method, ties by position)."""
+    exact = weights / weights.sum() * total
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float], *, seed: int = 0) -> list:
+    """Splits positions ``0..n-1`` into parts of the given fractions, each part keeping the class proportions.
+
+    Part sizes are ``round(fraction * n)`` overall (exactly, by largest remainder), shared out over the classes
+    by largest remainder too, so a class of 50 split 0.8/0.1/0.1 gives exactly 40/5/5. The draw depends only on
+    ``labels`` and ``seed``.
+
+    Returns:
+        one sorted int64 index array per fraction.
+    """
+    labels = np.asarray(labels)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions.tolist()}")
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    classes, class_sizes = np.unique(labels, return_counts=True)
+    totals = _largest_remainder(n, fractions) if n else np.zeros(len(fractions), np.int64)
+    # per_class[c, p]: how many of class c go to part p; rows sum to the class size, columns to totals.
+    per_class = np.zeros((len(classes), len(fractions)), dtype=np.int64)
+    for c, size in enumerate(class_sizes):
+        per_class[c] = _largest_remainder(int(size), fractions)
+    # Rounding per class can miss the overall totals by a few: move single items between parts to fix it.
+    for p in range(len(fractions)):
+        while per_class[:, p].sum() > totals[p]:
+            q = int(np.argmax(totals - per_class.sum(0)))
+            c = int(np.argmax(np.where(per_class[:, p] > 0, per_class[:, p] - class_sizes * fractions[p], -np.inf)))
+            per_class[c, p] -= 1
+            per_class[c, q] += 1
+    parts = [[] for _ in fractions]
+    for c, cls in enumerate(classes):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        start = 0
+        for p, count in enumerate(per_class[c]):
+            parts[p].append(members[start:start + count])
+            start += count
+    return [np.sort(np.concatenate(part)) if part else np.zeros(0, np.int64) for part in parts]
+
+
+def carve(split: SplitData, fraction: float, *, seed: int) -> tuple:
+    """``(rest, carved)``: a stratified, seeded ``fraction`` of ``split`` taken out (e.g. validation from train)."""
+    rest, carved = stratified_split(split.labels, [1.0 - fraction, fraction], seed=seed)
+    return split.subset(rest), split.subset(carved)
+
+
+def assemble(name: str, class_names: list, splits: dict, *, problems: list, root, seed: int,
+             val_fraction: float) -> CrossModalDataset:
+    """Builds the dataset, carving ``val`` out of ``train`` (stratified, seeded) when ``splits`` has none.
+
+    Raises:
+        DatasetError: a split ends up empty (nothing usable was read).
+    """
+    splits = dict(splits)
+    if "val" not in splits:
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError(f"{name}: val_fraction must be in (0, 1) to carve validation from train, got {val_fraction}")
+        splits["train"], splits["val"] = carve(splits["train"], val_fraction, seed=seed)
+    for split_name in ("train", "val", "test"):
+        if len(splits[split_name]) == 0:
+            dropped = sum(1 for p in problems if p.dropped and p.split == split_name)
+            raise DatasetError(f"{name}: split '{split_name}' is empty ({dropped} pairs dropped, see the problems: "
+                               f"`python -m chtn_tf.data.inspect`); check the data folder {root}")
+    ordered = {k: splits[k] for k in ("train", "val", "test")}
+    return CrossModalDataset(name=name, class_names=list(class_names), splits=ordered, problems=list(problems),
+                             root=None if root is None else str(root))
+
+
+def features_or_paths(ids, texts, labels, *, paths: Optional[list] = None, features=None) -> SplitData:
+    """A :class:`SplitData` from parallel lists (``features`` rows or ``paths``)."""
+    return SplitData(ids=list(ids), texts=list(texts), labels=np.asarray(labels, np.int32), image_paths=paths,
+                     image_features=features)
