@@ -20,7 +20,7 @@ def _dense_bn_relu(x, width: int, name: str, dropout: float):
 
 
 def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "i", dropout: float = 0.0,
-                       name: str = "image_branch") -> keras.Model:
+                       input_bn: bool = True, name: str = "image_branch") -> keras.Model:
     """Image features -> ``fc6_<suffix>`` -> ``fc7_<suffix>``; outputs ``[fc6, fc7]`` (post-ReLU).
 
     Args:
@@ -28,9 +28,12 @@ def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "
         widths: widths of fc6 and fc7.
         suffix: ``i`` for the target image branch, ``s`` for the source image branch.
         dropout: dropout after each layer (training only).
+        input_bn: BatchNorm on the input features first (precomputed features such as SIFT histograms
+            come on arbitrary scales; the released model fed conv5 activations directly).
     """
     inputs = keras.Input(shape=(feature_dim,), name=f"{name}_features")
-    fc6 = _dense_bn_relu(inputs, widths[0], f"fc6_{suffix}", dropout)
+    x = keras.layers.BatchNormalization(name=f"image_input_bn_{suffix}")(inputs) if input_bn else inputs
+    fc6 = _dense_bn_relu(x, widths[0], f"fc6_{suffix}", dropout)
     fc7 = _dense_bn_relu(fc6, widths[1], f"fc7_{suffix}", dropout)
     return keras.Model(inputs, [fc6, fc7], name=name)
 

@@ -61,7 +61,8 @@ class CHTNModel(keras.Model):
         self.text_vectorizer = text_vectorizer
         vocab_size = int(text_vectorizer.vocabulary_size())
         self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
-                                               dropout=model_cfg.dropout, name="image_branch")
+                                               dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
+                                               name="image_branch")
         self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout)
         fc7_width = model_cfg.branch_widths[1]
         if model_cfg.shared_layers:
@@ -74,7 +75,8 @@ class CHTNModel(keras.Model):
                                                     name="text_head")
         if self.use_source:
             self.source_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths,
-                                                    suffix="s", dropout=model_cfg.dropout, name="source_branch")
+                                                    suffix="s", dropout=model_cfg.dropout,
+                                                    input_bn=model_cfg.image_input_bn, name="source_branch")
             self.source_classifier = build_source_classifier(fc7_width, self.num_source_classes)
         else:
             self.source_branch = None
