@@ -1,0 +1,57 @@
+"""The dataset registry: a name (or a CSV manifest) to a :class:`CrossModalDataset`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from chtn_tf.data import manifest as manifest_reader
+from chtn_tf.data import nuswide, pascal, webnews, wikipedia
+from chtn_tf.data.types import CrossModalDataset, DatasetError
+
+READERS = {
+    "wikipedia": wikipedia.load,
+    "webnews": webnews.load,
+    "pascal": pascal.load,
+    "nuswide10k": nuswide.load,
+}
+
+
+def dataset_names() -> list:
+    """The registered dataset names."""
+    return sorted(READERS)
+
+
+def load_dataset(name: Optional[str] = None, *, manifest: Optional[str] = None, data_dir: Optional[str] = None,
+                 seed: int = 0, val_fraction: float = 0.1, **options) -> CrossModalDataset:
+    """Reads a registered dataset, or a user's CSV manifest, into train / val / test splits.
+
+    Args:
+        name: ``wikipedia``, ``webnews``, ``pascal`` or ``nuswide10k`` (exactly one of ``name`` / ``manifest``).
+        manifest: path of a CSV manifest ``image,text,label[,split]`` (see :mod:`chtn_tf.data.manifest`).
+        data_dir: the data folder (``--data-dir``); else ``$CHTN_DATA_DIR``, else the user cache folder.
+        seed: seed of every random split (stratified, so class proportions are kept).
+        val_fraction: the fraction of train carved out as ``val`` when the dataset has no validation split.
+        **options: reader settings, e.g. ``protocol="231/462"`` and ``image_side`` (wikipedia),
+            ``sentences="each"`` (pascal), ``test_fraction`` (manifest), ``validate_images=False``.
+
+    Returns:
+        the dataset; its ``problems`` list every pair dropped (by id) and every oddity resolved.
+
+    Raises:
+        DatasetError: the data cannot be used (the message says what, where, and what to do).
+    """
+    if (name is None) == (manifest is None):
+        raise DatasetError("give exactly one of a dataset name (--dataset NAME) or a manifest (--manifest PATH); "
+                           f"names: {', '.join(dataset_names())}")
+    if manifest is not None:
+        return manifest_reader.load(manifest, seed=seed, val_fraction=val_fraction, **options)
+    reader = READERS.get(name.lower())
+    if reader is None:
+        raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(dataset_names())}, "
+                           f"or --manifest PATH for your own data")
+    try:
+        return reader(data_dir, seed=seed, val_fraction=val_fraction, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            raise DatasetError(f"{name}: {err}; see help(chtn_tf.data.{reader.__module__.rsplit('.', 1)[-1]})") from err
+        raise
