@@ -1,0 +1,122 @@
+"""``python -m chtn_tf.data.inspect``: what a dataset holds and every problem found in it.
+
+Prints per split and per class counts, text length statistics, and each problem (dropped pairs by id, then
+resolved oddities). Exit status: 0 when the data is usable (every split non-empty, dropped pairs at most
+``--max-dropped`` of those listed), 1 otherwise, with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from chtn_tf.data.locations import ENV_VAR
+from chtn_tf.data.registry import dataset_names, load_dataset
+from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError
+
+
+def _option(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def text_length_stats(texts: list) -> dict:
+    """Character and whitespace-token counts: min, median, mean, max (Chinese texts have few tokens)."""
+    if not texts:
+        return {}
+    chars = np.asarray([len(t) for t in texts])
+    tokens = np.asarray([len(t.split()) for t in texts])
+    return {name: {"min": int(v.min()), "median": float(np.median(v)), "mean": float(v.mean()), "max": int(v.max())}
+            for name, v in (("chars", chars), ("tokens", tokens))}
+
+
+def summarise(dataset: CrossModalDataset) -> str:
+    """The report printed by the CLI."""
+    lines = [f"dataset: {dataset.name}", f"root: {dataset.root}",
+             f"classes: {dataset.num_classes}", f"image side: {dataset.image_kind}"
+             + (f" ({dataset.image_feature_dim}-d)" if dataset.image_kind == "features" else "")]
+    width = max(len(c) for c in dataset.class_names)
+    lines.append("")
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS) + "   total")
+    for k, name in enumerate(dataset.class_names):
+        counts = [int(np.sum(dataset.splits[s].labels == k)) for s in SPLITS]
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>6}" for c in counts) + f"  {sum(counts):>6}")
+    totals = [len(dataset.splits[s]) for s in SPLITS]
+    lines.append(f"{'total':<{width}}  " + "  ".join(f"{c:>6}" for c in totals) + f"  {sum(totals):>6}")
+    lines.append("")
+    lines.append("text length (chars / whitespace tokens): min, median, mean, max")
+    for s in SPLITS:
+        stats = text_length_stats(dataset.splits[s].texts)
+        if stats:
+            c, t = stats["chars"], stats["tokens"]
+            lines.append(f"  {s:<5}  chars {c['min']}, {c['median']:.0f}, {c['mean']:.1f}, {c['max']}   "
+                         f"tokens {t['min']}, {t['median']:.0f}, {t['mean']:.1f}, {t['max']}")
+    dropped = [p for p in dataset.problems if p.dropped]
+    resolved = [p for p in dataset.problems if not p.dropped]
+    lines.append("")
+    lines.append(f"dropped pairs: {len(dropped)}")
+    for s in (*SPLITS, None):
+        ids = [p.pair_id for p in dropped if p.split == s and p.pair_id is not None]
+        if ids:
+            lines.append(f"  {s or 'no split'}: {', '.join(ids)}")
+    for p in dropped:
+        lines.append(f"  - {p}")
+    lines.append(f"resolved (kept, noted): {len(resolved)}")
+    for p in resolved:
+        lines.append(f"  - {p}")
+    return "\n".join(lines)
+
+
+def usability(dataset: CrossModalDataset, *, max_dropped: float) -> list:
+    """Reasons the dataset is not usable (empty when it is)."""
+    reasons = [f"split '{s}' is empty" for s in SPLITS if len(dataset.splits[s]) == 0]
+    kept = sum(len(dataset.splits[s]) for s in SPLITS)
+    dropped = sum(1 for p in dataset.problems if p.dropped)
+    if kept + dropped and dropped / (kept + dropped) > max_dropped:
+        reasons.append(f"{dropped} of {kept + dropped} pairs were dropped (more than {max_dropped:.0%}); "
+                       f"fix the problems listed above or raise --max-dropped")
+    missing = [dataset.class_names[k] for k in range(dataset.num_classes) if not np.any(dataset.splits["train"].labels == k)]
+    if missing:
+        reasons.append(f"classes with no training pair: {', '.join(missing)}")
+    return reasons
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chtn_tf.data.inspect", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=dataset_names(), help="a registered dataset")
+    source.add_argument("--manifest", help="a CSV manifest image,text,label[,split]")
+    parser.add_argument("--data-dir", help=f"data folder (default: ${ENV_VAR}, else the user cache folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified splits")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train carved out as val")
+    parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="reader setting, e.g. protocol=231/462 (wikipedia), sentences=each (pascal)")
+    parser.add_argument("--max-dropped", type=float, default=0.05,
+                        help="largest fraction of dropped pairs still called usable (default 0.05)")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_dataset(args.dataset, manifest=args.manifest, data_dir=args.data_dir, seed=args.seed,
+                               val_fraction=args.val_fraction, **dict(args.option))
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(summarise(dataset))
+    reasons = usability(dataset, max_dropped=args.max_dropped)
+    if reasons:
+        print("NOT USABLE: " + "; ".join(reasons), file=sys.stderr)
+        return 1
+    print("\nusable: yes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
