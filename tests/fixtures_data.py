@@ -1,0 +1,96 @@
+"""Builders of small dataset trees in the real distributed layouts, for the data tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+REAL_DATA_ENV = "CHTN_DATA_DIR"
+
+
+def real_data_dir():
+    """The real datasets folder from ``$CHTN_DATA_DIR``, or None when it is unset or missing."""
+    value = os.environ.get(REAL_DATA_ENV)
+    return pathlib.Path(value) if value and pathlib.Path(value).is_dir() else None
+
+
+def write_image(path, *, size=32, color=(200, 30, 60), fmt=None, mode="RGB"):
+    """A solid-colour image (JPEG or PNG by the extension unless ``fmt``) with a small gradient stripe."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fill = color if mode in ("RGB", "RGBA") else color[0]
+    if mode == "RGBA":
+        fill = (*color, 255)
+    Image.new(mode, (size, size), fill).save(path, format=fmt or ("PNG" if path.suffix.lower() == ".png" else "JPEG"),
+                                             quality=95)
+    return path
+
+
+def write_truncated_jpeg(path, *, size=64):
+    """A JPEG cut off halfway: opens (the header is intact) but cannot be decoded."""
+    path = write_image(path, size=size, color=(10, 120, 240))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path, format="JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def make_listed_dataset(root, *, classes=("alpha", "beta", "gamma"), train_per_class=10, test_per_class=4,
+                        text_ext=".txt"):
+    """A Web News-style tree: categories.list, {trainset,testset}_txt_img_cat.list, texts/, images/<class>/.
+
+    Ids are ``1..n``; pair ``i`` has class ``(i % len(classes)) + 1`` and text ``"text <i>"``.
+    Returns ``{"train": [(id, class_index_1based)], "test": [...]}``.
+    """
+    root = pathlib.Path(root)
+    (root / "texts").mkdir(parents=True, exist_ok=True)
+    (root / "categories.list").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    listed = {"train": [], "test": []}
+    next_id = 1
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for _ in range(per_class):
+            for c in range(len(classes)):
+                listed[split].append((str(next_id), c + 1))
+                write_image(root / "images" / classes[c] / f"{next_id}.jpg", size=16, color=(20 * c, 50, 90))
+                (root / "texts" / f"{next_id}{text_ext}").write_text(f"text {next_id}", encoding="utf-8")
+                next_id += 1
+    for split, name in (("train", "trainset_txt_img_cat.list"), ("test", "testset_txt_img_cat.list")):
+        (root / name).write_text("".join(f"{i}\t{i}\t{c}\n" for i, c in listed[split]), encoding="utf-8")
+    return listed
+
+
+def make_pascal_tree(data_dir, captions: dict, *, with_images=True, size=32):
+    """The official Pascal Sentences layout under ``<data_dir>/pascal_sentences/`` from a captions dict."""
+    root = pathlib.Path(data_dir) / "pascal_sentences"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pascal_sentences.json").write_text(json.dumps(captions), encoding="utf-8")
+    if with_images:
+        for k, (image, entry) in enumerate(sorted(captions.items())):
+            write_image(root / entry["category"] / image, size=size, color=(k % 256, 80, 160))
+    return root
+
+
+def make_nuswide_tree(data_dir, *, classes=("animal", "clouds", "flowers"), per_class=(8, 2, 2), with_val=True):
+    """A ``nuswide10k/`` tree in the documented layout; ids ``n<k>``; returns the list contents per split."""
+    root = pathlib.Path(data_dir) / "nuswide10k"
+    (root / "tags").mkdir(parents=True, exist_ok=True)
+    (root / "categories.list").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    listed = {}
+    k = 0
+    for split, n in zip(("train", "val", "test"), per_class):
+        listed[split] = []
+        for _ in range(n):
+            for c, name in enumerate(classes):
+                pair_id = f"n{k}"
+                write_image(root / "images" / name / f"{pair_id}.jpg", size=16, color=(30 * c, 10, 10))
+                (root / "tags" / f"{pair_id}.txt").write_text(f"{name}  tag{k}\nsky", encoding="utf-8")
+                listed[split].append((pair_id, c + 1))
+                k += 1
+        if split != "val" or with_val:
+            (root / f"{split}.list").write_text("".join(f"{i}\t{c}\n" for i, c in listed[split]), encoding="utf-8")
+    return listed
