@@ -135,7 +135,7 @@ def test_webnews_resolution_and_text(webnews, real_data_dir):
 def test_inspect_webnews_lists_dropped_ids(capsys, real_data_dir):
     assert inspect_cli.main(["--dataset", "webnews", "--data-dir", str(real_data_dir)]) == 0
     out = capsys.readouterr().out
-    assert "train: 72, 1180, 1106, 162" in out
+    assert "train: 72, 162, 1106, 1180" in out
     assert "test: 1729, 1730, 1784" in out
     assert "usable: yes" in out and "1526" in out
 

@@ -50,8 +50,12 @@ def drop_bad_images(records: list, *, problems: list, path_key: str = "image", s
         if verdict is None:
             kept.append(record)
         else:
+            # A record may carry its own location (a manifest's file:line); the image path then goes in the message.
+            where = record.get("where", record[path_key])
+            image = "image" if where == record[path_key] else f"image {record[path_key]}"
             problems.append(Problem(
                 kind="undecodable_image" if verdict != "file not found" else "missing_image",
-                where=record[path_key], pair_id=record.get("id"), split=record.get(split_key),
-                message=f"image {verdict}; replace the file with a valid JPEG/PNG or remove the pair"))
+                where=where, pair_id=record.get("id"), split=record.get(split_key),
+                message=f"{image} {verdict}; " + ("add the file or remove the pair" if verdict == "file not found"
+                                                  else "replace the file with a valid JPEG/PNG or remove the pair")))
     return kept

@@ -8,6 +8,7 @@ resolved oddities). Exit status: 0 when the data is usable (every split non-empt
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import numpy as np
@@ -27,6 +28,11 @@ def _option(text: str) -> tuple:
         except ValueError:
             pass
     return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders embedded numbers by value (``"162"`` before ``"1106"``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def text_length_stats(texts: list) -> dict:
@@ -65,7 +71,7 @@ def summarise(dataset: CrossModalDataset) -> str:
     lines.append("")
     lines.append(f"dropped pairs: {len(dropped)}")
     for s in (*SPLITS, None):
-        ids = [p.pair_id for p in dropped if p.split == s and p.pair_id is not None]
+        ids = sorted({p.pair_id for p in dropped if p.split == s and p.pair_id is not None}, key=natural_key)
         if ids:
             lines.append(f"  {s or 'no split'}: {', '.join(ids)}")
     for p in dropped:

@@ -121,6 +121,9 @@ def load(data_dir=None, *, seed: int = 0, val_fraction: float = 0.1, sentences: 
             problems.append(Problem(kind="missing_text", where=str(root / "sentence" / category / image),
                                     pair_id=image, message="no sentences for this image; restore its sentence file"))
             continue
+        if len(captions) != 5:
+            problems.append(Problem(kind="caption_count", where=str(root / CAPTIONS_JSON), pair_id=image,
+                                    dropped=False, message=f"{len(captions)} sentences instead of 5; all are used"))
         records.append({"id": image, "captions": captions, "label": class_names.index(category), "image": str(path)})
     if validate_images:
         records = drop_bad_images(records, problems=problems)
