@@ -32,7 +32,7 @@ def test_decode_jpeg_matches_pillow(tmp_path):
     reference = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
     assert image.shape == (48, 64, 3) and 0.0 <= image.min() and image.max() <= 1.0
     assert np.abs(image - reference).max() <= 6 / 255  # libjpeg IDCT/upsampling variants differ by a few levels
-    assert np.abs(image - reference).mean() <= 1 / 255
+    assert np.abs(image - reference).mean() <= 2 / 255  # TF uses the fast integer IDCT, Pillow the slow one
     small = decode_image(tf.io.read_file(str(path)), 16).numpy()
     assert small.shape == (16, 16, 3) and 0.0 <= small.min() and small.max() <= 1.0
     np.testing.assert_allclose(small.mean(), reference.mean(), atol=0.02)
