@@ -1,6 +1,5 @@
 """Readers on generated trees: splits, bad input, data-dir resolution, Pascal, NUS-WIDE-10k, manifests."""
 
-import collections
 import http.server
 import json
 import pathlib
@@ -341,3 +340,46 @@ def test_image_folder(tmp_path):
     assert [p.pair_id for p in data.problems] == ["d.jpg"]
     with pytest.raises(DatasetError, match="not found"):
         load_image_folder(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------------- wikipedia
+
+
+def _wikipedia_tree(data_dir, n_train=6, n_test=3):
+    import scipy.io
+
+    root = data_dir / "wikipedia"
+    info, texts = root / "wikipedia_info", root / "wikipedia_dataset" / "texts"
+    info.mkdir(parents=True), texts.mkdir(parents=True)
+    (info / "categories.list").write_text("art\nbiology\n")
+    features = {}
+    for split, n, list_name, key in (("train", n_train, "trainset_txt_img_cat.list", "I_tr"),
+                                     ("test", n_test, "testset_txt_img_cat.list", "I_te")):
+        lines = []
+        for k in range(n):
+            text_id, image_id, cls = f"{split}{k}-1", f"img{split}{k}", k % 2 + 1
+            lines.append(f"{text_id}\t{image_id}\t{cls}")
+            (texts / f"{text_id}.xml").write_text(
+                f'<document id="{text_id}" cat="9">\n<text>\nA &amp; B &ndash; \'\'{split} {k}\'\'\' R&D <ref>x</ref>\n'
+                f'</text>\n<imageset><image id="{image_id}">../img/{image_id}.jpg</image></imageset>\n</document>')
+            write_image(root / "wikipedia_dataset" / "images" / ("art", "biology")[k % 2] / f"{image_id}.jpg", size=8)
+        (info / list_name).write_text("\n".join(lines) + "\n")
+        features[key] = np.arange(n * 4, dtype=np.float64).reshape(n, 4) + (100 if split == "test" else 0)
+    scipy.io.savemat(str(info / "raw_features.mat"), features)
+    return root
+
+
+def test_wikipedia_images_when_present_else_features(tmp_path):
+    root = _wikipedia_tree(tmp_path)
+    data = load_dataset("wikipedia", data_dir=str(tmp_path), val_fraction=0.34)
+    assert data.image_kind == "files" and len(data.splits["test"]) == 3
+    k = data.splits["test"].ids.index("test1-1")
+    assert data.splits["test"].texts[k] == "A & B \u2013 test 1 R&D x"
+    assert data.splits["test"].image_paths[k] == str(root / "wikipedia_dataset" / "images" / "biology" / "imgtest1.jpg")
+    (root / "wikipedia_dataset" / "images" / "art" / "imgtest0.jpg").unlink()
+    auto = load_dataset("wikipedia", data_dir=str(tmp_path), val_fraction=0.34)
+    assert auto.image_kind == "features" and [p.kind for p in auto.problems] == ["images_incomplete"]
+    k = auto.splits["test"].ids.index("test2-1")
+    np.testing.assert_array_equal(auto.splits["test"].image_features[k], [108, 109, 110, 111])
+    files = load_dataset("wikipedia", data_dir=str(tmp_path), val_fraction=0.34, image_side="files")
+    assert files.dropped("test") == ["test0-1"] and len(files.splits["test"]) == 2

@@ -218,7 +218,6 @@ def download_pascal(dest=None, *, base_url: str = OFFICIAL_URL, timeout: float =
     """
     base = pathlib.Path(dest).expanduser() if dest else data_dir_source(None)[0]
     root = base / FOLDER
-    root.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(base_url, timeout=timeout) as response:
             page = response.read().decode("utf-8", errors="replace")
@@ -226,6 +225,10 @@ def download_pascal(dest=None, *, base_url: str = OFFICIAL_URL, timeout: float =
         raise DatasetError(f"cannot reach {base_url} ({err}); this machine may be offline. Download on a machine "
                            f"with internet (`{DOWNLOAD_COMMAND}`) and copy {FOLDER}/ into the data folder "
                            f"(--data-dir or ${ENV_VAR})") from err
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetError(f"cannot create {root} ({err}); pass --data-dir DIR with a writable folder") from err
     parser = _IndexParser()
     parser.feed(page)
     catalogue = parser.entries or {k: v for k, v in _read_catalogue(root).items()}

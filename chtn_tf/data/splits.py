@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -85,8 +85,3 @@ def assemble(name: str, class_names: list, splits: dict, *, problems: list, root
     return CrossModalDataset(name=name, class_names=list(class_names), splits=ordered, problems=list(problems),
                              root=None if root is None else str(root))
 
-
-def features_or_paths(ids, texts, labels, *, paths: Optional[list] = None, features=None) -> SplitData:
-    """A :class:`SplitData` from parallel lists (``features`` rows or ``paths``)."""
-    return SplitData(ids=list(ids), texts=list(texts), labels=np.asarray(labels, np.int32), image_paths=paths,
-                     image_features=features)
