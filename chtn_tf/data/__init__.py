@@ -9,7 +9,6 @@ Data is looked for in ``--data-dir``, then ``$CHTN_DATA_DIR``, then the user cac
 
 from chtn_tf.data.image_folder import load_image_folder, source_domain
 from chtn_tf.data.locations import ENV_VAR, resolve_data_dir, user_cache_dir
-from chtn_tf.data.pascal import download_pascal
 from chtn_tf.data.registry import READERS, dataset_names, load_dataset
 from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError, ImageFolderDataset, Problem, SplitData
 
@@ -18,3 +17,12 @@ __all__ = [
     "SplitData", "dataset_names", "download_pascal", "load_dataset", "load_image_folder", "resolve_data_dir",
     "source_domain", "user_cache_dir",
 ]
+
+
+def __getattr__(name):
+    # Imported on first use so that `python -m chtn_tf.data.pascal` runs a module not yet imported.
+    if name == "download_pascal":
+        from chtn_tf.data.pascal import download_pascal
+
+        return download_pascal
+    raise AttributeError(f"module 'chtn_tf.data' has no attribute {name!r}")

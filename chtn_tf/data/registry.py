@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
-from chtn_tf.data import manifest as manifest_reader
-from chtn_tf.data import nuswide, pascal, webnews, wikipedia
 from chtn_tf.data.types import CrossModalDataset, DatasetError
 
+# name -> module with a ``load(data_dir, *, seed, val_fraction, **options)``. Imported on use, so that
+# ``python -m chtn_tf.data.<reader>`` runs a module the package has not imported yet.
 READERS = {
-    "wikipedia": wikipedia.load,
-    "webnews": webnews.load,
-    "pascal": pascal.load,
-    "nuswide10k": nuswide.load,
+    "wikipedia": "chtn_tf.data.wikipedia",
+    "webnews": "chtn_tf.data.webnews",
+    "pascal": "chtn_tf.data.pascal",
+    "nuswide10k": "chtn_tf.data.nuswide",
 }
 
 
@@ -44,14 +45,17 @@ def load_dataset(name: Optional[str] = None, *, manifest: Optional[str] = None, 
         raise DatasetError("give exactly one of a dataset name (--dataset NAME) or a manifest (--manifest PATH); "
                            f"names: {', '.join(dataset_names())}")
     if manifest is not None:
+        from chtn_tf.data import manifest as manifest_reader
+
         return manifest_reader.load(manifest, seed=seed, val_fraction=val_fraction, **options)
-    reader = READERS.get(name.lower())
-    if reader is None:
+    module = READERS.get(name.lower())
+    if module is None:
         raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(dataset_names())}, "
                            f"or --manifest PATH for your own data")
+    reader = importlib.import_module(module).load
     try:
         return reader(data_dir, seed=seed, val_fraction=val_fraction, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
-            raise DatasetError(f"{name}: {err}; see help(chtn_tf.data.{reader.__module__.rsplit('.', 1)[-1]})") from err
+            raise DatasetError(f"{name}: {err}; see help({module})") from err
         raise
