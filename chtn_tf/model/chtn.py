@@ -126,6 +126,7 @@ class CHTNModel(keras.Model):
             batch["source"] = {"image": tf.zeros([2, self.image_feature_dim]), "label": tf.zeros([2], tf.int32)}
         self.loss_terms(batch, training=False)
         self.image_encoder(tf.zeros([1, self.image_feature_dim]))
+        self.built = True
 
     def loss_terms(self, batch, training: bool) -> dict:
         """Every term of the hybrid objective for one batch, unweighted, as a dict of scalars."""

@@ -1,0 +1,138 @@
+"""The CHTN model: config round trip, the objective's weighting, training moves it, save/load gives the same codes."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from chtn_tf import losses
+from chtn_tf.model.chtn import LOSS_TERMS, CHTNModel, make_optimizer
+from chtn_tf.model.config import ExperimentConfig, ModelConfig, dataset_config
+from chtn_tf.model.persist import load_trained_model, save_model_definition
+from chtn_tf.model.text import build_text_vectorizer
+
+TEXTS = ["red apple fruit", "green apple tree", "fast red car", "blue car road", "apple pie sweet", "car engine fast"]
+LABELS = np.array([0, 0, 1, 1, 0, 1], np.int32)
+
+
+def small_config(**loss) -> ExperimentConfig:
+    config = ExperimentConfig()
+    config.model = ModelConfig(branch_widths=(16, 12), shared_widths=(10, 8), text_vocab_size=50)
+    config.loss = dataclasses.replace(config.loss, **loss)
+    return config
+
+
+def small_model(config, *, source_classes=3, seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    vectorizer = build_text_vectorizer(config.model, TEXTS)
+    model = CHTNModel(config, image_feature_dim=7, num_classes=2, text_vectorizer=vectorizer,
+                      num_source_classes=source_classes)
+    model.compile(optimizer=make_optimizer(config.optimizer))
+    model.build_all()
+    return model
+
+
+def batch(seed=0, with_source=True):
+    rng = np.random.default_rng(seed)
+    data = {"target": {"image": tf.constant(rng.normal(size=(6, 7)), tf.float32), "text": tf.constant(TEXTS),
+                       "label": tf.constant(LABELS)}}
+    if with_source:
+        data["source"] = {"image": tf.constant(rng.normal(size=(6, 7)) + 1.0, tf.float32),
+                          "label": tf.constant(rng.integers(0, 3, 6), tf.int32)}
+    return data
+
+
+def test_config_json_round_trip(tmp_path):
+    config = dataset_config("webnews").override({"loss.mmd": 0.25, "model.representation": "fc9"})
+    path = str(tmp_path / "config.json")
+    config.to_json(path)
+    again = ExperimentConfig.from_json(path)
+    assert again == config
+    assert again.loss.mmd == 0.25 and again.model.branch_widths == (4096, 4096)
+    # The paper's values are the defaults.
+    default = ExperimentConfig()
+    assert (default.loss.mmd, default.loss.pair, default.optimizer.learning_rate) == (1.0, 0.001, 0.01)
+    assert (default.optimizer.momentum, default.optimizer.weight_decay) == (0.9, 5e-4)
+
+
+def test_config_rejects_unknown_fields(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"loss": {"mmd_weight": 1.0}}))
+    with pytest.raises(ValueError, match="mmd_weight"):
+        ExperimentConfig.from_json(str(path))
+
+
+def test_total_loss_is_the_papers_weighted_sum():
+    config = small_config(mmd=0.7, pair=0.05, source_ce=0.5)
+    model = small_model(config)
+    terms = model.loss_terms(batch(), training=False)
+    assert set(terms) == set(LOSS_TERMS)
+    value = {k: float(v) for k, v in terms.items()}
+    expected = (0.5 * value["source_ce"] + value["image_ce"] + value["text_ce"]
+                + 0.7 * (value["mmd_fc6"] + value["mmd_fc7"]) + 0.05 * (value["pair_fc6"] + value["pair_fc7"]))
+    assert float(model.total_loss(terms)) == pytest.approx(expected, rel=1e-6)
+    # Each term is the loss function applied to the right activations.
+    image_fc6, image_fc7 = model.image_branch(batch()["target"]["image"])
+    text_fc6, _ = model.text_branch(model.text_vectorizer(tf.constant(TEXTS)))
+    assert value["pair_fc6"] == pytest.approx(float(losses.pair_loss(image_fc6, text_fc6)), rel=1e-5)
+    source_fc6, _ = model.source_branch(batch()["source"]["image"])
+    assert value["mmd_fc6"] == pytest.approx(float(losses.gaussian_mmd(source_fc6, image_fc6)), rel=1e-4)
+
+
+def test_no_source_transfer_has_no_source_branch():
+    model = small_model(small_config(source_transfer=False))
+    assert model.source_branch is None
+    terms = model.loss_terms(batch(with_source=False), training=False)
+    assert float(terms["mmd_fc6"]) == 0.0 and float(terms["source_ce"]) == 0.0
+
+
+def test_separate_heads_ablation_has_two_heads():
+    config = small_config()
+    config.model.shared_layers = False
+    model = small_model(config)
+    assert model.image_head is not model.text_head
+    shared = small_model(small_config())
+    assert shared.image_head is shared.text_head
+
+
+def test_training_steps_reduce_the_loss_and_update_every_branch():
+    model = small_model(small_config())
+    data = batch()
+    before = float(model.total_loss(model.loss_terms(data, training=False)))
+    weights_before = {v.path: np.array(v) for v in model.trainable_variables}
+    for _ in range(30):
+        logs = model.train_step(data)
+    assert set(logs) == {"loss", *LOSS_TERMS}
+    after = float(model.total_loss(model.loss_terms(data, training=False)))
+    assert after < before
+    changed = {path for path, value in weights_before.items()
+               if not np.allclose(value, np.array(next(v for v in model.trainable_variables if v.path == path)))}
+    for layer in ("fc6_s", "fc6_i", "fc6_t", "fc8", "fc10", "fc8_s"):
+        assert any(p.startswith(f"{layer}/") for p in changed), f"{layer} did not train"
+
+
+def test_representation_is_softmax_probabilities_by_default():
+    model = small_model(small_config())
+    codes = model.encode_images(np.random.default_rng(1).normal(size=(5, 7)))
+    assert codes.shape == (5, 2)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-5)
+    config = small_config()
+    config.model.representation = "fc9"
+    assert small_model(config).encode_texts(TEXTS).shape == (6, 8)
+
+
+def test_save_load_gives_the_same_codes(tmp_path):
+    model = small_model(small_config())
+    for _ in range(3):
+        model.train_step(batch())
+    run_dir = str(tmp_path)
+    save_model_definition(run_dir, model, class_names=["fruit", "car"], backbone={"name": "precomputed"})
+    model.save_weights(str(tmp_path / "best.weights.h5"))
+    loaded, info = load_trained_model(run_dir)
+    features = np.random.default_rng(2).normal(size=(4, 7)).astype(np.float32)
+    np.testing.assert_allclose(loaded.encode_images(features), model.encode_images(features), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_texts(TEXTS + ["unseen words"]), model.encode_texts(TEXTS + ["unseen words"]),
+                               rtol=1e-5, atol=1e-6)
+    assert info["class_names"] == ["fruit", "car"]
