@@ -100,7 +100,7 @@ def extract_features(image_paths, spec: BackboneSpec, *, batch_size: int = 32, c
     from chtn_tf.backbones.hub_layer import load_module
 
     module = load_module(spec.handle)
-    forward = tf.function(lambda images: module(images, training=False), reduce_retracing=True)
+    forward = lambda images: module(images, training=False)  # noqa: E731 (already a tf.function)
     problems = validate_images(image_paths)
     failed = [(i, p, why) for i, (p, why) in enumerate(zip(image_paths, problems)) if why]
     good = [i for i, why in enumerate(problems) if not why]

@@ -224,9 +224,9 @@ _SECTION_TYPES = {
 _SMALL_DATA = {"model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024), "model.dropout": 0.5}
 _DATASET_OVERRIDES = {
     "wikipedia": {**_SMALL_DATA, "train.epochs": 40},
-    "webnews": {},
-    "pascal": {},
-    "nuswide10k": {},
+    "webnews": {**_SMALL_DATA, "train.epochs": 30},
+    "pascal": {**_SMALL_DATA, "train.epochs": 40},
+    "nuswide10k": {"model.branch_widths": (2048, 2048), "model.shared_widths": (2048, 2048), "model.dropout": 0.5},
 }
 
 
