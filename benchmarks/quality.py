@@ -1,0 +1,166 @@
+"""Quality benchmark: test MAP@all of CHTN, its ablations and two baselines, mean ± std over seeds.
+
+    CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--datasets wikipedia webnews]
+
+Every method sees the same inputs in the same run: the dataset's image features (Wikipedia: the shipped
+SIFT; Web News: the cached EfficientNet-Lite0 features of the raw images) and the raw texts. Writes
+``benchmarks/results/quality.json``, ``benchmarks/results/quality.png`` and the quality table of
+``benchmarks/RESULTS.md`` (between the ``quality`` markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from chtn_tf import baselines  # noqa: E402
+from chtn_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
+from chtn_tf.metrics.retrieval import evaluate_retrieval  # noqa: E402
+from chtn_tf.model.config import dataset_config  # noqa: E402
+from chtn_tf.model.text import is_cjk_text  # noqa: E402
+
+VARIANTS = {
+    "CHTN": {},
+    "CHTN, no source transfer": {"loss.source_transfer": False},
+    "CHTN, no pair constraint": {"loss.pair": 0.0},
+    "CHTN, no shared layers": {"model.shared_layers": False},
+}
+PUBLISHED = {"wikipedia": [("SCM (published, Rasiwasia et al. 2010)", 0.277, 0.226)]}
+
+
+def run_chtn(config, inputs, seed: int, overrides: dict) -> dict:
+    from training.run import train_and_evaluate
+
+    config = config.override({"train.seed": seed, **overrides})
+    with tempfile.TemporaryDirectory(prefix="chtn-bench-") as run_dir:
+        results = train_and_evaluate(config, inputs, run_dir, resume=False, verbose=0)
+    return {k: results[k] for k in ("map_i2t", "map_t2i", "map_avg", "val_map_avg", "train_seconds")}
+
+
+def run_baselines(inputs, seed: int) -> dict:
+    dataset = inputs.dataset
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    analyzer = "char" if sum(is_cjk_text(t) for t in train.texts[:200]) > 100 else "word"
+    train_txt, test_txt = baselines.text_tfidf(train.texts, test.texts, analyzer=analyzer)
+    train_img, test_img = inputs.features["train"], inputs.features["test"]
+    out = {}
+    img_codes, txt_codes = baselines.semantic_matching(train_img, train_txt, train.labels, test_img, test_txt)
+    out["Semantic matching (logistic regression)"] = _maps(img_codes, txt_codes, test.labels)
+    img_codes, txt_codes = baselines.cca_codes(train_img, train_txt, test_img, test_txt)
+    out["CCA"] = _maps(img_codes, txt_codes, test.labels)
+    return out
+
+
+def _maps(image_codes, text_codes, labels) -> dict:
+    scores = evaluate_retrieval(image_codes, text_codes, labels, labels)
+    return {k: scores[k] for k in ("map_i2t", "map_t2i", "map_avg")}
+
+
+def summarise(runs: list) -> dict:
+    """``[{metric: value}]`` over seeds -> ``{metric: [mean, std]}``."""
+    return {k: [float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))] for k in runs[0]}
+
+
+def markdown_table(dataset: str, table: dict, n_seeds: int) -> str:
+    lines = [f"### {dataset}", "", f"Test MAP@all, mean ± std over {n_seeds} seeds.", "",
+             "| method | I→T | T→I | mean |", "|---|---|---|---|"]
+    for method, scores in table.items():
+        cells = [f"{scores[k][0]:.3f} ± {scores[k][1]:.3f}" for k in ("map_i2t", "map_t2i", "map_avg")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for method, i2t, t2i in PUBLISHED.get(dataset, []):
+        lines.append(f"| {method} | {i2t:.3f} | {t2i:.3f} | {(i2t + t2i) / 2:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(all_tables: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_tables), figsize=(6 * len(all_tables), 4), squeeze=False)
+    for ax, (dataset, table) in zip(axes[0], all_tables.items()):
+        names = list(table)
+        means = [table[n]["map_avg"][0] for n in names]
+        stds = [table[n]["map_avg"][1] for n in names]
+        ax.barh(range(len(names)), means, xerr=stds, color=["C0" if n.startswith("CHTN") else "C7" for n in names])
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("test MAP@all (mean of I→T and T→I)")
+        ax.set_title(dataset)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def update_results_md(section: str, body: str) -> None:
+    path = os.path.join(HERE, "RESULTS.md")
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmark results\n"
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with atomic_path(path) as tmp:
+        open(tmp, "w", encoding="utf-8").write(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["wikipedia", "webnews"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+
+    from training.inputs import prepare_inputs
+
+    started = time.time()
+    report = {"date": datetime.date.today().isoformat(), "seeds": args.seeds,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]), "datasets": {}}
+    tables = {}
+    for dataset in args.datasets:
+        config = dataset_config(dataset)
+        inputs = prepare_inputs(config, progress=True)
+        runs = {name: [] for name in args.variants}
+        runs.update({"Semantic matching (logistic regression)": [], "CCA": []})
+        for seed in args.seeds:
+            for name in args.variants:
+                print(f"[{dataset}] seed {seed}: {name}", flush=True)
+                runs[name].append(run_chtn(config, inputs, seed, VARIANTS[name]))
+                print(f"    test MAP avg {runs[name][-1]['map_avg']:.4f}", flush=True)
+            for name, scores in run_baselines(inputs, seed).items():
+                runs[name].append(scores)
+        tables[dataset] = {name: summarise(r) for name, r in runs.items()}
+        report["datasets"][dataset] = {"runs": runs, "summary": tables[dataset], "backbone": inputs.backbone,
+                                       "n_test": len(inputs.dataset.splits["test"])}
+        print(markdown_table(dataset, tables[dataset], len(args.seeds)), flush=True)
+    report["seconds"] = round(time.time() - started, 1)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    write_json_atomic(os.path.join(HERE, "results", "quality.json"), report)
+    plot(tables, os.path.join(HERE, "results", "quality.png"))
+    body = "\n\n".join([
+        "## Quality", "",
+        f"Command: `{report['command']}` — {report['date']}, {report['machine']}, {report['seconds'] / 60:.0f} min.",
+        *[markdown_table(d, t, len(args.seeds)) for d, t in tables.items()],
+        "![quality](results/quality.png)",
+    ])
+    update_results_md("quality", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

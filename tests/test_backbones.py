@@ -1,0 +1,183 @@
+"""Backbones: the Keras 3 hub layer, the exported Lite0 module, the weights reader, the feature cache."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from chtn_tf.backbones import BackboneSpec, HubImageLayer, extract_features, resolve_backbone
+from chtn_tf.backbones.efficientnet_lite import build_lite0, write_hub_module
+from chtn_tf.backbones.torch_weights import load_state_dict
+from chtn_tf.backbones.efficientnet_lite import weights_file
+
+
+def write_tiny_hub_module(path):
+    """A tiny TF-Hub reusable-format module: conv (trainable) + a moving mean (not trainable) + pooling."""
+    kernel = tf.Variable(tf.random.stateless_normal([3, 3, 3, 4], seed=[1, 2]), name="conv/kernel")
+    scale = tf.Variable(tf.ones([4]), name="conv/scale")
+    moving_mean = tf.Variable(tf.zeros([4]), trainable=False, name="bn/moving_mean")
+
+    def forward(images, training=False):
+        x = tf.nn.conv2d(images, kernel, 2, "SAME") * scale
+        if training:
+            mean = tf.reduce_mean(x, axis=[0, 1, 2])
+            moving_mean.assign(0.9 * moving_mean + 0.1 * mean)
+        else:
+            mean = moving_mean
+        return tf.reduce_mean(tf.nn.relu(x - mean), axis=[1, 2])
+
+    module = tf.__internal__.tracking.AutoTrackable()
+    module.variables = [kernel, scale, moving_mean]
+    module.trainable_variables = [kernel, scale]
+    call = tf.function(forward)
+    for training in (False, True):
+        call.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32), training=training)
+    module.__call__ = call
+    tf.saved_model.save(module, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_module(tmp_path_factory):
+    return write_tiny_hub_module(tmp_path_factory.mktemp("hub") / "tiny")
+
+
+def model_on(handle, trainable):
+    inputs = keras.Input((16, 16, 3))
+    features = HubImageLayer(handle, trainable=trainable, name="backbone")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(features))
+
+
+def test_trainable_backbone_changes_after_an_adam_step_and_frozen_does_not(tiny_module):
+    images = np.random.default_rng(0).random((4, 16, 16, 3)).astype(np.float32)
+    labels = np.array([0, 1, 0, 1])
+    for trainable in (True, False):
+        model = model_on(tiny_module, trainable)
+        model.compile(optimizer=keras.optimizers.Adam(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        backbone = model.get_layer("backbone")
+        before = {v.path: np.array(v) for v in backbone.weights}
+        model.fit(images, labels, epochs=1, batch_size=4, verbose=0)
+        after = {v.path: np.array(v) for v in backbone.weights}
+        kernel_changed = any(not np.allclose(before[p], after[p]) for p in before if "kernel" in p)
+        assert kernel_changed == trainable
+        assert len(backbone.trainable_weights) == (2 if trainable else 0)
+        moving = [p for p in before if "moving_mean" in p][0]
+        # BatchNorm-style statistics update only when fine-tuning (training mode forwarded).
+        assert (not np.allclose(before[moving], after[moving])) == trainable
+
+
+def test_hub_layer_saves_and_loads_with_the_model(tiny_module, tmp_path):
+    model = model_on(tiny_module, True)
+    images = np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, np.array([0, 1, 1]), epochs=2, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects={"HubImageLayer": HubImageLayer})
+    np.testing.assert_allclose(loaded(images), model(images), rtol=1e-5, atol=1e-6)
+
+
+def test_weights_reader_reads_the_lite0_state_dict():
+    state = load_state_dict(weights_file())
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert state["_fc.weight"].shape == (1000, 1280)
+    params = sum(v.size for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert params == pytest.approx(4.69e6, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def lite0_classification(tmp_path_factory):
+    return write_hub_module(str(tmp_path_factory.mktemp("lite0") / "classification"), kind="classification")
+
+
+def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
+    import tensorflow_hub as hub
+
+    images = np.random.default_rng(2).random((2, 224, 224, 3)).astype(np.float32)
+    reloaded = hub.load(lite0_classification)
+    live = build_lite0("classification")
+    np.testing.assert_allclose(reloaded(images).numpy(), live.forward(images).numpy(), rtol=1e-4, atol=1e-4)
+    assert reloaded(images).shape == (2, 1000)
+    signature = reloaded.signatures["serving_default"]
+    assert set(signature.structured_outputs) == {"logits"}
+    assert len(reloaded.trainable_variables) < len(reloaded.variables)
+
+
+def test_lite0_recognises_real_imagenet_photos(lite0_classification, real_data_dir):
+    """A few Imagenette val photos must be classified right (the full check is benchmarks/backbone.py)."""
+    import tensorflow_hub as hub
+
+    from chtn_tf.data.pipeline import image_dataset
+
+    module = hub.load(lite0_classification)
+    wnids = {"n01440764": 0, "n03888257": 701, "n03028079": 497}
+    paths, truth = [], []
+    for wnid, index in wnids.items():
+        folder = os.path.join(real_data_dir, "imagenette", "val", wnid)
+        for name in sorted(os.listdir(folder))[:8]:
+            paths.append(os.path.join(folder, name))
+            truth.append(index)
+    logits = np.concatenate([module(b).numpy() for b in image_dataset(paths, batch_size=24)])
+    imagenette = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+    restricted = np.array(imagenette)[logits[:, imagenette].argmax(1)]
+    assert (restricted == np.array(truth)).mean() >= 0.95
+    # Top-1 over all 1,000 classes is lower (a church is often a "monastery"), far above chance still.
+    assert (logits.argmax(1) == np.array(truth)).mean() >= 0.5
+
+
+def write_images(folder, n=5):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"im{i}.png"
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_feature_cache_hits_and_invalidates(tiny_module, tmp_path):
+    spec = BackboneSpec("tiny", tiny_module, image_size=16, feature_dim=4)
+    paths = write_images(tmp_path / "images")
+    cache = str(tmp_path / "cache")
+    first = extract_features(paths, spec, cache_dir=cache, progress=False, batch_size=2)
+    assert not first.from_cache and first.features.shape == (5, 4) and not first.failed
+    second = extract_features(paths, spec, cache_dir=cache, progress=False, batch_size=2)
+    assert second.from_cache
+    np.testing.assert_array_equal(first.features, second.features)
+    # Reference: the module itself on the same decoded image.
+    from chtn_tf.backbones.hub_layer import load_module
+    from chtn_tf.data.pipeline import load_image
+
+    direct = load_module(tiny_module)(load_image(tf.constant(paths[3]), 16)[None]).numpy()[0]
+    np.testing.assert_allclose(first.features[3], direct, rtol=1e-5, atol=1e-6)
+    # Changing an image invalidates; so does another image size.
+    Image.fromarray(np.full((20, 20, 3), 255, np.uint8)).save(paths[1])
+    os.utime(paths[1], ns=(1, 1))
+    changed = extract_features(paths, spec, cache_dir=cache, progress=False)
+    assert not changed.from_cache
+    assert not np.allclose(changed.features[1], first.features[1])
+    resized = extract_features(paths, BackboneSpec("tiny", tiny_module, image_size=12), cache_dir=cache, progress=False)
+    assert not resized.from_cache
+
+
+def test_undecodable_image_is_reported_not_raised(tiny_module, tmp_path):
+    spec = BackboneSpec("tiny", tiny_module, image_size=16, feature_dim=4)
+    paths = write_images(tmp_path / "images", n=3)
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = extract_features(paths[:1] + [str(broken)] + paths[1:], spec, cache_dir=str(tmp_path / "c"), progress=False)
+    assert [f[0] for f in result.failed] == [1]
+    assert result.features.shape == (4, 4)
+    assert np.all(result.features[1] == 0) and np.any(result.features[2] != 0)
+
+
+def test_unknown_and_offline_backbones_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("chtn_tf.backbones.registry._reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(FileNotFoundError, match="efficientnet-lite0"):
+        resolve_backbone("resnet50-v2")
+    with pytest.raises(FileNotFoundError, match="not a known name"):
+        resolve_backbone("no-such-backbone")
