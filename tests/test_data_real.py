@@ -117,7 +117,7 @@ def test_webnews_kept_and_dropped(webnews, real_data_dir):
 
 
 def test_webnews_resolution_and_text(webnews, real_data_dir):
-    root = real_data_dir / "webnews"
+    root = real_data_dir.resolve() / "webnews"
     everything = {}
     for split in ("train", "val", "test"):
         d = webnews.splits[split]

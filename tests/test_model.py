@@ -50,11 +50,12 @@ def test_config_json_round_trip(tmp_path):
     config.to_json(path)
     again = ExperimentConfig.from_json(path)
     assert again == config
-    assert again.loss.mmd == 0.25 and again.model.branch_widths == (4096, 4096)
+    assert again.loss.mmd == 0.25 and again.model.branch_widths == (1024, 1024)  # the Web News default
     # The paper's values are the defaults.
     default = ExperimentConfig()
     assert (default.loss.mmd, default.loss.pair, default.optimizer.learning_rate) == (1.0, 0.001, 0.01)
     assert (default.optimizer.momentum, default.optimizer.weight_decay) == (0.9, 5e-4)
+    assert default.model.branch_widths == (4096, 4096) and default.model.shared_widths == (4096, 4096)
 
 
 def test_config_rejects_unknown_fields(tmp_path):
