@@ -76,8 +76,13 @@ def test_hub_layer_saves_and_loads_with_the_model(tiny_module, tmp_path):
     model.fit(images, np.array([0, 1, 1]), epochs=2, verbose=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
-    loaded = keras.models.load_model(path, custom_objects={"HubImageLayer": HubImageLayer})
+    loaded = keras.models.load_model(path)  # HubImageLayer is registered: no custom_objects needed
+    assert isinstance(loaded.get_layer("backbone"), HubImageLayer)
     np.testing.assert_allclose(loaded(images), model(images), rtol=1e-5, atol=1e-6)
+    # The fine-tuned weights travel in the .keras file, not the hub folder (which keeps its own values).
+    kernel = [v for v in loaded.get_layer("backbone").weights if "kernel" in v.path][0]
+    original = tf.saved_model.load(tiny_module).variables[0]
+    assert not np.allclose(np.array(kernel), original.numpy())
 
 
 def test_weights_reader_reads_the_lite0_state_dict():
@@ -90,7 +95,11 @@ def test_weights_reader_reads_the_lite0_state_dict():
 
 @pytest.fixture(scope="module")
 def lite0_classification(tmp_path_factory):
-    return write_hub_module(str(tmp_path_factory.mktemp("lite0") / "classification"), kind="classification")
+    from export.hub_module import main
+
+    out = str(tmp_path_factory.mktemp("lite0") / "classification")
+    assert main(["--arch", "efficientnet-lite0", "--kind", "classification", "--out", out]) == 0
+    return out
 
 
 def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
@@ -104,6 +113,19 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
     signature = reloaded.signatures["serving_default"]
     assert set(signature.structured_outputs) == {"logits"}
     assert len(reloaded.trainable_variables) < len(reloaded.variables)
+    assert len({v.name for v in reloaded.variables}) == len(reloaded.variables)
+    # Training mode (BatchNorm on batch statistics) is available to fine-tuning callers.
+    assert not np.allclose(reloaded(images, training=True).numpy(), live.forward(images).numpy(), atol=1e-3)
+    # Nothing in the SavedModel needs chtn's Python classes to load: only generic objects.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(lite0_classification, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes
+    assert not [n.registered_name for n in nodes if n.registered_name]
+    assert {n.user_object.identifier for n in nodes if n.WhichOneof("kind") == "user_object"} <= {
+        "_generic_user_object", "trackable_list_wrapper", "signature_map", "trackable_dict_wrapper"}
 
 
 def test_lite0_recognises_real_imagenet_photos(lite0_classification, real_data_dir):
@@ -153,7 +175,13 @@ def test_feature_cache_hits_and_invalidates(tiny_module, tmp_path):
 
     direct = load_module(tiny_module)(load_image(tf.constant(paths[3]), 16)[None]).numpy()[0]
     np.testing.assert_allclose(first.features[3], direct, rtol=1e-5, atol=1e-6)
-    # Changing an image invalidates; so does another image size.
+    # Touching an image (same bytes, new mtime) invalidates; so do new content and another image size.
+    stat = os.stat(paths[0])
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    touched = extract_features(paths, spec, cache_dir=cache, progress=False)
+    assert not touched.from_cache and touched.cache_file != first.cache_file
+    np.testing.assert_allclose(touched.features, first.features, rtol=1e-6)
+    assert extract_features(paths, spec, cache_dir=cache, progress=False).from_cache
     Image.fromarray(np.full((20, 20, 3), 255, np.uint8)).save(paths[1])
     os.utime(paths[1], ns=(1, 1))
     changed = extract_features(paths, spec, cache_dir=cache, progress=False)
@@ -181,3 +209,34 @@ def test_unknown_and_offline_backbones_are_clear_errors(tmp_path, monkeypatch):
         resolve_backbone("resnet50-v2")
     with pytest.raises(FileNotFoundError, match="not a known name"):
         resolve_backbone("no-such-backbone")
+
+
+def test_auto_takes_the_resnet_from_the_tfhub_cache_offline(tiny_module, tmp_path, monkeypatch):
+    """A URL handle loads from ``$TFHUB_CACHE_DIR/<sha1(handle)>`` with no network."""
+    import hashlib
+    import shutil
+
+    from chtn_tf.backbones.registry import RESNET50_V2
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("chtn_tf.backbones.registry._reachable", lambda url, timeout=3.0: False)
+    shutil.copytree(tiny_module, tmp_path / hashlib.sha1(RESNET50_V2.encode()).hexdigest())
+    spec = resolve_backbone("auto")
+    assert (spec.name, spec.handle, spec.feature_dim) == ("resnet50-v2", RESNET50_V2, 2048)
+    images = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
+    layer = HubImageLayer(spec.handle)
+    expected = tf.saved_model.load(tiny_module)(tf.constant(images), training=False)
+    np.testing.assert_allclose(layer(images), expected, rtol=1e-6)
+
+
+def test_auto_falls_back_to_lite0_offline(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr("chtn_tf.backbones.registry._reachable", lambda url, timeout=3.0: False)
+    # A stand-in module folder so the test does not rebuild Lite0 (its build is covered above).
+    (tmp_path / "hub" / "efficientnet-lite0-feature_vector").mkdir(parents=True)
+    (tmp_path / "hub" / "efficientnet-lite0-feature_vector" / "saved_model.pb").write_bytes(b"")
+    with caplog.at_level("INFO", logger="chtn"):
+        spec = resolve_backbone("auto", cache_dir=str(tmp_path / "hub"))
+    assert spec.name == "efficientnet-lite0" and spec.feature_dim == 1280 and spec.image_size == 224
+    assert spec.handle == str(tmp_path / "hub" / "efficientnet-lite0-feature_vector")
+    assert "efficientnet-lite0" in caplog.text

