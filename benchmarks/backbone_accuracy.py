@@ -45,7 +45,9 @@ def update_results(section: str, value: dict) -> None:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """The machine, and its load when the run started (other jobs on the same cores slow timings down)."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load}"
 
 
 def imagenette_val(data_dir: str):
