@@ -1,20 +1,23 @@
 """Export a trained run's image and text encoders as SavedModels in TF Serving's layout.
 
-    python -m export.saved_model --run RUN_DIR --out SERVING_DIR [--version N]
+    python -m export.saved_model --run RUN_DIR --out SERVING_DIR [--version N] [--model-base-path /models]
 
 writes ``SERVING_DIR/chtn_image/<version>/`` and ``SERVING_DIR/chtn_text/<version>/`` plus
 ``SERVING_DIR/models.config`` (for ``tensorflow_model_server --model_config_file``). Signatures:
 
-- ``chtn_image`` ``serving_default``: ``image_bytes`` (string ``[batch]``, encoded JPEG/PNG, decoded and
-  resized in the graph) -> ``embedding`` (float32 ``[batch, D]``); ``serving_images``: ``images`` (float32
-  ``[batch, H, W, 3]`` in [0, 1]) -> ``embedding``. A run trained on precomputed image features (Wikipedia
-  SIFT) has one ``serving_default``: ``features`` (float32 ``[batch, d]``) -> ``embedding``.
-- ``chtn_text`` ``serving_default``: ``text`` (string ``[batch]``, raw text) -> ``embedding``.
+- ``chtn_image`` ``serving_default``: ``image_bytes`` (string ``[batch]``, encoded JPEG/PNG/GIF/BMP, decoded
+  and resized in the graph) -> ``embedding`` (float32 ``[batch, D]``); ``serving_images``: ``images`` (float32
+  ``[batch, S, S, 3]`` in [0, 1], S = the backbone's input size) -> ``embedding``. A run trained on
+  precomputed image features (Wikipedia SIFT) has one signature, ``serving_default``: ``features`` (float32
+  ``[batch, d]``) -> ``embedding``.
+- ``chtn_text`` ``serving_default``: ``text`` (string ``[batch]``, raw UTF-8 text) -> ``embedding``.
 
 ``embedding`` is the common representation the run was evaluated with: cosine similarity between the two
 encoders' outputs reproduces the run's retrieval. Each version folder also holds
-``assets.extra/tf_serving_warmup_requests``. A version is written under a hidden temporary name and renamed
-into place, so a server polling the folder never sees half of it.
+``assets.extra/tf_serving_warmup_requests`` (one PredictionLog per signature). A version is written under a
+hidden temporary name beside it and renamed into place, so a server polling the folder never sees half of
+one; the graphs use only core TensorFlow ops (checked before the rename), which the stock
+``tensorflow_model_server`` has.
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ from chtn_tf.model.persist import load_trained_model
 
 IMAGE_MODEL = "chtn_image"
 TEXT_MODEL = "chtn_text"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
-def _image_endpoints(model, info):
-    """``{signature name: (function, input signature)}`` of the image encoder."""
+def image_signatures(model, info) -> tuple:
+    """``({signature name: (function, input signature)}, objects to track)`` of the image encoder.
+
+    ``info`` is the run's ``model_info`` (its ``backbone`` entry says whether the run used precomputed
+    features or a TF-Hub backbone, which is frozen in training and so is loaded from its handle here).
+    """
     backbone_info = info["backbone"]
     encoder = model.image_encoder
     if backbone_info["name"] == "precomputed":
@@ -55,80 +63,153 @@ def _image_endpoints(model, info):
         return {"embedding": encoder(backbone(images, training=False), training=False)}
 
     def embed_bytes(image_bytes):
+        # The same decode + resize as the feature extraction the run was trained on.
         images = tf.map_fn(lambda b: decode_image(b, size), image_bytes,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return embed_images(images)
 
     return {
         "serving_default": (embed_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")]),
-        "serving_images": (embed_images, [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]),
+        "serving_images": (embed_images, [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]),
     }, [encoder, backbone]
 
 
-def _text_endpoints(model):
+def text_signatures(model) -> tuple:
+    """``({signature name: (function, input signature)}, objects to track)`` of the text encoder."""
     encoder = model.text_encoder
     return {"serving_default": (lambda text: {"embedding": encoder(text, training=False)},
                                 [tf.TensorSpec([None], tf.string, name="text")])}, [encoder]
 
 
-def _write_version(base_dir: str, version: int, endpoints: dict, tracked: list, warmup_inputs: dict,
-                   model_name: str) -> str:
-    """Writes one SavedModel version atomically: a hidden temporary folder renamed to ``<version>``."""
-    os.makedirs(base_dir, exist_ok=True)
-    final = os.path.join(base_dir, str(version))
+def saved_model_ops(path: str) -> set:
+    """Op types used by a SavedModel's graph and its function library (calls between functions excluded)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        library = meta_graph.graph_def.library
+        functions = {fn.signature.name for fn in library.function}
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for fn in library.function:
+            ops.update(node.op for node in fn.node_def)
+        ops -= functions
+    return ops
+
+
+def non_core_ops(path: str) -> list:
+    """Ops of a SavedModel that are not core TensorFlow ops (e.g. TF Text's); [] when all are stock.
+
+    ``tf.raw_ops`` lists exactly the ops compiled into TensorFlow itself, which every
+    ``tensorflow_model_server`` of the release links in; ops of add-on libraries are never added to it.
+    """
+    return sorted(op for op in saved_model_ops(path) if not hasattr(tf.raw_ops, op))
+
+
+def write_warmup(path: str, model_name: str, requests: dict) -> None:
+    """TF Serving warm-up file: one PredictionLog record per ``{signature: {input name: array}}`` entry."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def _sample_image_bytes() -> tuple:
+    """A grey JPEG and a PNG: warm-up inputs that exercise both decoders."""
+    from PIL import Image
+
+    encoded = []
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buffer, format=fmt)
+        encoded.append(buffer.getvalue())
+    return tuple(encoded)
+
+
+def _warmup_requests(info) -> tuple:
+    backbone_info = info["backbone"]
+    if backbone_info["name"] == "precomputed":
+        image = {"serving_default": {"features": np.zeros([1, int(backbone_info["feature_dim"])], np.float32)}}
+    else:
+        size = int(backbone_info["image_size"])
+        image = {"serving_default": {"image_bytes": np.array(_sample_image_bytes(), dtype=object)},
+                 "serving_images": {"images": np.full([1, size, size, 3], 0.5, np.float32)}}
+    text = {"serving_default": {"text": np.array([b"warm up", "中文".encode("utf-8")], dtype=object)}}
+    return image, text
+
+
+def write_version(model_dir: str, version: int, signatures: dict, tracked: list, warmup: dict) -> str:
+    """Writes one SavedModel version atomically: a hidden temporary folder beside it, renamed to ``<version>``.
+
+    TF Serving only loads folders named by an integer, so the temporary folder is never served.
+
+    Raises:
+        FileExistsError: ``<version>`` exists (versions are immutable).
+        ValueError: the graph uses an op that is not a core TensorFlow op.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; versions are immutable, pass another --version")
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+        raise FileExistsError(f"{final} exists; versions are immutable: pass another --version or omit it")
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
         archive = keras.export.ExportArchive()
         for item in tracked:
             archive.track(item)
-        for name, (fn, signature) in endpoints.items():
-            archive.add_endpoint(name, fn, input_signature=signature)
+        for name, (fn, input_signature) in signatures.items():
+            archive.add_endpoint(name, fn, input_signature=input_signature)
         archive.write_out(tmp, verbose=False)
-        write_warmup(os.path.join(tmp, "assets.extra", "tf_serving_warmup_requests"), model_name, warmup_inputs)
+        extra = non_core_ops(tmp)
+        if extra:
+            raise ValueError(f"{final}: the graph uses ops that the stock tensorflow_model_server lacks: {extra}")
+        write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(model_dir), warmup)
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def write_warmup(path: str, model_name: str, inputs: dict, signature: str = "serving_default") -> None:
-    """TF Serving warm-up file: one PredictionLog record with a PredictRequest of ``inputs``."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
+def existing_versions(model_dir: str) -> list:
+    """Sorted integer versions in a TF Serving model folder (other entries, e.g. temporary ones, ignored)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(v) for v in os.listdir(model_dir)
+                  if v.isdigit() and os.path.isfile(os.path.join(model_dir, v, "saved_model.pb")))
 
 
-def _sample_jpeg() -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(buffer, format="JPEG")
-    return buffer.getvalue()
+def latest_version_dir(model_dir: str) -> str:
+    """The highest version folder of a TF Serving model folder (what the server serves by default)."""
+    versions = existing_versions(model_dir)
+    if not versions:
+        raise FileNotFoundError(f"no SavedModel version under {model_dir}; run python -m export.saved_model first")
+    return os.path.join(model_dir, str(versions[-1]))
 
 
 def next_version(serving_dir: str) -> int:
-    """One more than the highest version already in either model folder (1 for a new folder)."""
-    versions = [0]
-    for name in (IMAGE_MODEL, TEXT_MODEL):
-        folder = os.path.join(serving_dir, name)
-        if os.path.isdir(folder):
-            versions += [int(v) for v in os.listdir(folder) if v.isdigit()]
-    return max(versions) + 1
+    """One more than the highest version in either model folder (1 for a new folder)."""
+    folders = [os.path.join(serving_dir, name) for name in (IMAGE_MODEL, TEXT_MODEL)]
+    taken = [v for folder in folders if os.path.isdir(folder) for v in os.listdir(folder) if v.isdigit()]
+    return max([0] + [int(v) for v in taken]) + 1
 
 
-def write_models_config(serving_dir: str) -> str:
-    """``models.config`` naming both models with absolute base paths."""
-    entries = "".join(
-        f'  config {{\n    name: "{name}"\n    base_path: "{os.path.abspath(os.path.join(serving_dir, name))}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for name in (IMAGE_MODEL, TEXT_MODEL))
+def write_models_config(serving_dir: str, *, base_path: str | None = None) -> str:
+    """``models.config`` naming both models; base paths are absolute (under ``base_path`` if given).
+
+    ``base_path`` is where the server sees ``serving_dir``, e.g. ``/models`` for a container with
+    ``-v SERVING_DIR:/models``.
+    """
+    root = base_path.rstrip("/") if base_path else os.path.abspath(serving_dir)
+    entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
+                      f'    model_platform: "tensorflow"\n  }}\n' for name in (IMAGE_MODEL, TEXT_MODEL))
     path = os.path.join(serving_dir, "models.config")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(f"model_config_list {{\n{entries}}}\n")
@@ -136,33 +217,39 @@ def write_models_config(serving_dir: str) -> str:
     return path
 
 
-def export_run(run_dir: str, serving_dir: str, *, version: int | None = None) -> dict:
-    """Exports both encoders of a ``training.fit`` run folder; returns the written paths."""
+def export_run(run_dir: str, serving_dir: str, *, version: int | None = None,
+               model_base_path: str | None = None) -> dict:
+    """Exports both encoders of a ``training.fit`` run folder as version ``version`` (default: next free).
+
+    Returns ``{"image": path, "text": path, "models_config": path, "version": int}``.
+    """
+    if version is not None and version < 1:
+        raise ValueError(f"--version must be a positive integer, got {version}")
     model, info = load_trained_model(run_dir)
-    version = version or next_version(serving_dir)
-    image_endpoints, image_tracked = _image_endpoints(model, info)
-    if info["backbone"]["name"] == "precomputed":
-        image_warmup = {"features": np.zeros([1, int(info["backbone"]["feature_dim"])], np.float32)}
-    else:
-        image_warmup = {"image_bytes": np.array([_sample_jpeg()], dtype=object)}
-    image_path = _write_version(os.path.join(serving_dir, IMAGE_MODEL), version, image_endpoints, image_tracked,
-                                image_warmup, IMAGE_MODEL)
-    text_endpoints, text_tracked = _text_endpoints(model)
-    text_path = _write_version(os.path.join(serving_dir, TEXT_MODEL), version, text_endpoints, text_tracked,
-                               {"text": np.array([b"warm up"], dtype=object)}, TEXT_MODEL)
-    return {"image": image_path, "text": text_path, "models_config": write_models_config(serving_dir),
-            "version": version}
+    version = next_version(serving_dir) if version is None else version
+    folders = {name: os.path.join(serving_dir, name) for name in (IMAGE_MODEL, TEXT_MODEL)}
+    for folder in folders.values():
+        if os.path.exists(os.path.join(folder, str(version))):
+            raise FileExistsError(f"{folder}/{version} exists; versions are immutable: pass another --version "
+                                  f"or omit it")
+    image_warmup, text_warmup = _warmup_requests(info)
+    image_path = write_version(folders[IMAGE_MODEL], version, *image_signatures(model, info), image_warmup)
+    text_path = write_version(folders[TEXT_MODEL], version, *text_signatures(model), text_warmup)
+    return {"image": image_path, "text": text_path, "version": version,
+            "models_config": write_models_config(serving_dir, base_path=model_base_path)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.saved_model", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a training.fit run folder")
-    parser.add_argument("--out", required=True, help="serving folder (TF Serving's base path parent)")
-    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--out", required=True, help="serving folder (holds chtn_image/, chtn_text/, models.config)")
+    parser.add_argument("--version", type=int, help="version number (default: one more than the highest)")
+    parser.add_argument("--model-base-path", help="where the server sees --out, for models.config (e.g. /models "
+                                                  "in a container); default: the absolute path of --out")
     args = parser.parse_args(argv)
     try:
-        written = export_run(args.run, args.out, version=args.version)
-    except (FileNotFoundError, FileExistsError) as e:
+        written = export_run(args.run, args.out, version=args.version, model_base_path=args.model_base_path)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"version {written['version']}:\n  {written['image']}\n  {written['text']}\n  {written['models_config']}")

@@ -3,9 +3,9 @@
     python -m export.verify --run RUN_DIR --serving SERVING_DIR [--version N] [--data-dir DIR]
 
 Loads both encoders with plain ``tf.saved_model.load`` (no chtn model code), feeds the raw JPEG/PNG bytes
-(or the precomputed features) and the raw texts of the run's test split, computes MAP@all with its own
-small implementation, and compares with the run's ``results.json``. Exit 0 when both directions agree
-within ``--tolerance`` (0.005).
+(or, for a precomputed-features run, the feature vectors) and the raw texts of the run's test split,
+computes MAP@all with its own small implementation, and compares with the run's ``results.json``. Exit
+status 0 when both directions agree within ``--tolerance`` (0.005), 1 when they do not, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -16,69 +16,84 @@ import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 
 def map_at_all(queries, query_labels, gallery, gallery_labels) -> float:
-    """MAP@all by cosine, relevant = same label (an independent implementation, one query at a time)."""
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    """MAP@all by cosine, relevant = same label (an independent implementation, one query at a time).
+
+    AP = mean over the relevant items of (relevant items ranked at or above it) / (its rank); a query
+    without relevant items scores 0; ties keep gallery order.
+    """
+    q = np.asarray(queries, np.float64)
+    g = np.asarray(gallery, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    gallery_labels = np.asarray(gallery_labels)
     aps = []
     for i in range(len(q)):
         order = np.argsort(-(g @ q[i]), kind="stable")
-        relevant = gallery_labels[order] == query_labels[i]
-        ranks = np.flatnonzero(relevant) + 1
-        aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks) if len(ranks) else 0.0)
+        ranks = np.flatnonzero(gallery_labels[order] == query_labels[i]) + 1
+        aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)) if len(ranks) else 0.0)
     return float(np.mean(aps))
 
 
-def latest_version(folder: str) -> str:
-    versions = sorted(int(v) for v in os.listdir(folder) if v.isdigit())
-    if not versions:
-        raise FileNotFoundError(f"no version folder in {folder}")
-    return os.path.join(folder, str(versions[-1]))
+def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_dir: str | None = None,
+           tolerance: float = 0.005) -> dict:
+    """``{"map_i2t", "map_t2i", "run_map_i2t", "run_map_t2i", "n_test", "run_n_test", "ok", ...}``."""
+    from chtn_tf.data import load_dataset
+    from chtn_tf.model.config import ExperimentConfig
+    from export.local import ExportedEncoders
 
-
-def embed(signature, key: str, values, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for i in range(0, len(values), batch_size):
-        out.append(signature(**{key: tf.constant(values[i:i + batch_size])})["embedding"].numpy())
-    return np.concatenate(out)
+    for name in ("config.json", "results.json"):
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise FileNotFoundError(f"{run_dir} has no {name}: pass a finished training.fit run folder")
+    config = ExperimentConfig.from_json(os.path.join(run_dir, "config.json"))
+    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    # The same call training.fit makes, so the test split is the run's.
+    data = load_dataset(config.data.dataset, manifest=config.data.manifest,
+                        data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
+                        val_fraction=config.data.val_fraction, **config.data.options)
+    test = data.splits["test"]
+    encoders = ExportedEncoders.from_serving_dir(serving_dir, version)
+    if encoders.image_input == "image_bytes":
+        if test.image_paths is None:
+            raise ValueError(f"{encoders.image_dir} takes image files, but {data.name} has only features here")
+        image_codes = encoders.embed_image_files(test.image_paths)
+    else:
+        image_codes = encoders.embed_features(test.image_features)
+    text_codes = encoders.embed_texts(test.texts)
+    i2t = map_at_all(image_codes, test.labels, text_codes, test.labels)
+    t2i = map_at_all(text_codes, test.labels, image_codes, test.labels)
+    ok = (abs(i2t - results["map_i2t"]) <= tolerance and abs(t2i - results["map_t2i"]) <= tolerance
+          and len(test) == results.get("n_test", len(test)))
+    return {"map_i2t": i2t, "map_t2i": t2i, "run_map_i2t": results["map_i2t"], "run_map_t2i": results["map_t2i"],
+            "n_test": len(test), "run_n_test": results.get("n_test"), "ok": ok, "tolerance": tolerance,
+            "image_model": encoders.image_dir, "text_model": encoders.text_dir}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--serving", required=True)
-    parser.add_argument("--data-dir")
+    parser.add_argument("--run", required=True, help="the training.fit run folder that was exported")
+    parser.add_argument("--serving", required=True, help="the folder python -m export.saved_model wrote")
+    parser.add_argument("--version", type=int, help="exported version (default: the highest)")
+    parser.add_argument("--data-dir", help="data root (default: the run's, then $CHTN_DATA_DIR)")
     parser.add_argument("--tolerance", type=float, default=0.005)
     args = parser.parse_args(argv)
 
-    from chtn_tf.data import load_dataset
-    from chtn_tf.model.config import ExperimentConfig
+    from chtn_tf.data.types import DatasetError
 
-    config = ExperimentConfig.from_json(os.path.join(args.run, "config.json"))
-    with open(os.path.join(args.run, "results.json"), encoding="utf-8") as f:
-        results = json.load(f)
-    dataset = load_dataset(config.data.dataset, manifest=config.data.manifest, data_dir=args.data_dir or config.data.data_dir,
-                           seed=config.train.seed, val_fraction=config.data.val_fraction, **config.data.options)
-    test = dataset.splits["test"]
-    image_model = tf.saved_model.load(latest_version(os.path.join(args.serving, "chtn_image")))
-    text_model = tf.saved_model.load(latest_version(os.path.join(args.serving, "chtn_text")))
-    image_signature = image_model.signatures["serving_default"]
-    if test.image_paths is not None:
-        raw = [open(p, "rb").read() for p in test.image_paths]
-        image_codes = embed(image_signature, "image_bytes", raw)
-    else:
-        image_codes = embed(image_signature, "features", test.image_features)
-    text_codes = embed(text_model.signatures["serving_default"], "text", list(test.texts))
-    i2t = map_at_all(image_codes, test.labels, text_codes, test.labels)
-    t2i = map_at_all(text_codes, test.labels, image_codes, test.labels)
-    print(f"{'':<22}{'I->T':>8}{'T->I':>8}\n{'SavedModels':<22}{i2t:>8.4f}{t2i:>8.4f}\n"
-          f"{'run results.json':<22}{results['map_i2t']:>8.4f}{results['map_t2i']:>8.4f}  (n_test {len(test)})")
-    ok = abs(i2t - results["map_i2t"]) <= args.tolerance and abs(t2i - results["map_t2i"]) <= args.tolerance
-    print("agree within" if ok else "DIFFER by more than", args.tolerance)
-    return 0 if ok else 1
+    try:
+        r = verify(args.run, args.serving, version=args.version, data_dir=args.data_dir, tolerance=args.tolerance)
+    except (FileNotFoundError, ValueError, KeyError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"models: {r['image_model']}, {r['text_model']}\n"
+          f"{'':<22}{'I->T':>8}{'T->I':>8}{'n_test':>8}\n"
+          f"{'SavedModels':<22}{r['map_i2t']:>8.4f}{r['map_t2i']:>8.4f}{r['n_test']:>8}\n"
+          f"{'run results.json':<22}{r['run_map_i2t']:>8.4f}{r['run_map_t2i']:>8.4f}{str(r['run_n_test']):>8}")
+    print(("agree within " if r["ok"] else "DIFFER by more than ") + str(r["tolerance"]))
+    return 0 if r["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -1,283 +1,174 @@
-"""Export for TF Serving: reloaded SavedModels give the live model's embeddings; signatures; warm-up; client; index."""
+"""Export for TF Serving: reloaded SavedModels give the live model's embeddings; signatures, stock ops,
+warm-up, atomic versions, models.config; export.verify reproduces a run's MAP through the SavedModels."""
 
-import concurrent.futures
-import csv
-import http.server
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
-from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import load_trained_model
-from export import client as serving_client
-from export import index as retrieval_index
-from export.saved_model import export_run
-from tests.test_backbones import write_tiny_hub_module
-from tests.test_fit import make_wikipedia_fixture
-from training import fit
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-WORDS = {"red": "fire tomato apple", "green": "grass forest leaf", "blue": "sea sky water"}
-
-
-def small_config(path):
-    config = ExperimentConfig()
-    config.model.branch_widths = (16, 16)
-    config.model.shared_widths = (16, 8)
-    config.train.batch_size = 8
-    config.to_json(str(path))
-    return str(path)
-
-
-def make_manifest(folder, per_class=8):
-    """A CSV manifest of coloured JPEG/PNG images and matching texts."""
-    rng = np.random.default_rng(0)
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for name, colour in COLOURS.items():
-        for i in range(per_class):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
-            ext = "png" if i % 3 == 0 else "jpg"
-            Image.fromarray(pixels).save(folder / "img" / f"{name}{i}.{ext}")
-            text = " ".join(rng.choice(WORDS[name].split() + ["a", "the"], 6))
-            split = "test" if i < 2 else "val" if i < 4 else "train"
-            rows.append({"image": f"img/{name}{i}.{ext}", "text": text, "label": name, "split": split})
-    with open(folder / "pairs.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "text", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(folder / "pairs.csv")
+from export import saved_model, verify
+from tests import fixtures_export
 
 
 @pytest.fixture(scope="module")
 def feature_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export_features")
-    make_wikipedia_fixture(root / "data")
-    assert fit.main(["--dataset", "wikipedia", "--data-dir", str(root / "data"), "--config",
-                     small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2", "--quiet"]) == 0
-    written = export_run(str(root / "run"), str(root / "serving"))
-    return root, written
+    return fixtures_export.feature_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory, monkeypatch_module):
-    root = tmp_path_factory.mktemp("export_images")
-    monkeypatch_module.setenv("CHTN_CACHE_DIR", str(root / "cache"))
-    backbone = write_tiny_hub_module(root / "tiny_backbone")
-    manifest = make_manifest(root / "data")
-    assert fit.main(["--manifest", manifest, "--backbone", backbone, "--source", "none", "--config",
-                     small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2", "--quiet"]) == 0
-    written = export_run(str(root / "run"), str(root / "serving"))
-    return root, manifest, written
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+def image_run(tmp_path_factory):
+    return fixtures_export.image_run(tmp_path_factory)
 
 
 def test_features_export_reproduces_the_live_model(feature_run):
-    root, written = feature_run
-    model, info = load_trained_model(str(root / "run"))
+    model, info = load_trained_model(feature_run["run"])
+    written = feature_run["written"]
     features = np.random.default_rng(0).normal(size=(5, info["image_feature_dim"])).astype(np.float32)
-    texts = ["painting museum", "football goal team", "an unseen word"]
+    texts = ["painting museum", "football goal team", "an unseen word", "", "Painting, MUSEUM!"]
     image_model = tf.saved_model.load(written["image"])
     text_model = tf.saved_model.load(written["text"])
     np.testing.assert_allclose(image_model.signatures["serving_default"](features=tf.constant(features))["embedding"],
                                model.encode_images(features), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(text_model.signatures["serving_default"](text=tf.constant(texts))["embedding"],
                                model.encode_texts(texts), rtol=1e-5, atol=1e-6)
-    assert written["version"] == 1 and written["image"].endswith("chtn_image/1")
-    assert 'name: "chtn_text"' in open(written["models_config"]).read()
+    assert written["version"] == 1 and written["image"].endswith(os.path.join("chtn_image", "1"))
 
 
 def test_image_export_takes_encoded_bytes_and_float_images(image_run):
-    root, manifest, written = image_run
     from chtn_tf.backbones.hub_layer import load_module
     from chtn_tf.data.pipeline import load_image
 
-    model, info = load_trained_model(str(root / "run"))
-    paths = [str(root / "data" / "img" / "red0.png"), str(root / "data" / "img" / "blue1.jpg")]
-    images = tf.stack([load_image(tf.constant(p), info["backbone"]["image_size"]) for p in paths])
+    model, info = load_trained_model(image_run["run"])
+    size = info["backbone"]["image_size"]
+    img = image_run["root"] / "data" / "img"
+    paths = [str(img / "red0.png"), str(img / "blue1.jpg"), str(img / "green5.jpg")]
+    # Reference: the tf.data decode the run was trained on, the hub module called directly, the live encoder.
+    images = tf.stack([load_image(tf.constant(p), size) for p in paths])
     expected = model.encode_images(load_module(info["backbone"]["handle"])(images).numpy())
-    reloaded = tf.saved_model.load(written["image"])
+    reloaded = tf.saved_model.load(image_run["written"]["image"])
     from_bytes = reloaded.signatures["serving_default"](image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
     from_floats = reloaded.signatures["serving_images"](images=images)
     np.testing.assert_allclose(from_bytes["embedding"], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(from_floats["embedding"], expected, rtol=1e-4, atol=1e-5)
+    assert from_bytes["embedding"].shape == (3, model.code_dim)
 
 
-def test_signatures_are_exactly_the_documented_ones(image_run):
-    _, _, written = image_run
-    shown = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
-                            "--dir", written["image"]], capture_output=True, text=True, check=True).stdout
-    signatures = sorted(s for s in __import__("re").findall(r"signature_def\['(\w+)'\]", shown) if not s.startswith("__"))
-    assert signatures == ["serving_default", "serving_images"]
-    assert "inputs['image_bytes']" in shown and "inputs['images']" in shown and "outputs['embedding']" in shown
+def test_signatures_are_exactly_the_documented_ones_and_load_with_plain_tensorflow(feature_run, image_run):
+    """``saved_model_cli show --all`` in a fresh process that imports nothing but TensorFlow; loading there
+    (no tensorflow_text) shows the graphs need only core ops, as the stock model server has."""
+    dirs = [image_run["written"]["image"], image_run["written"]["text"], feature_run["written"]["image"]]
+    script = ("import sys\nfrom tensorflow.python.tools import saved_model_cli\nimport tensorflow as tf\n"
+              "for d in sys.argv[1:]:\n    print('=== ' + d)\n    saved_model_cli._show_all(d)\n"
+              "    assert tf.saved_model.load(d).signatures\n"
+              "assert 'tensorflow_text' not in sys.modules and 'chtn_tf' not in sys.modules\n")
+    shown = subprocess.run([sys.executable, "-c", script, *dirs], capture_output=True, text=True, check=True).stdout
+    parts = dict(re.findall(r"=== (\S+)\n(.*?)(?====|\Z)", shown, re.S))
+
+    def signatures(text):
+        found = {}
+        for name, body in re.findall(r"signature_def\['(\w+)'\]:(.*?)(?=signature_def\[|Concrete Functions|\Z)",
+                                     text, re.S):
+            if not name.startswith("__"):
+                found[name] = (sorted(re.findall(r"inputs\['(\w+)'\]", body)),
+                               sorted(re.findall(r"outputs\['(\w+)'\]", body)))
+        return found
+
+    assert signatures(parts[dirs[0]]) == {"serving_default": (["image_bytes"], ["embedding"]),
+                                          "serving_images": (["images"], ["embedding"])}
+    assert signatures(parts[dirs[1]]) == {"serving_default": (["text"], ["embedding"])}
+    assert signatures(parts[dirs[2]]) == {"serving_default": (["features"], ["embedding"])}
+    assert "dtype: DT_STRING" in parts[dirs[0]] and "shape: (-1)" in parts[dirs[0]]
 
 
-def test_warmup_file_parses(image_run):
+def test_the_stock_op_check_flags_an_add_on_op(feature_run, tmp_path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    assert saved_model.non_core_ops(feature_run["written"]["text"]) == []
+    assert {"StringSplitV2", "LookupTableFindV2"} <= saved_model.saved_model_ops(feature_run["written"]["text"])
+    copy = tmp_path / "sm"
+    shutil.copytree(feature_run["written"]["text"], copy)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((copy / "saved_model.pb").read_bytes())
+    proto.meta_graphs[0].graph_def.library.function[0].node_def.add(name="tok", op="WhitespaceTokenizeWithOffsetsV2")
+    (copy / "saved_model.pb").write_bytes(proto.SerializeToString())
+    assert saved_model.non_core_ops(str(copy)) == ["WhitespaceTokenizeWithOffsetsV2"]
+
+
+def test_warmup_records_parse_and_are_valid_requests(image_run, feature_run):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    _, _, written = image_run
-    for path, key in ((written["image"], "image_bytes"), (written["text"], "text")):
-        records = list(tf.data.TFRecordDataset(f"{path}/assets.extra/tf_serving_warmup_requests").as_numpy_iterator())
-        log = prediction_log_pb2.PredictionLog.FromString(records[0])
-        assert list(log.predict_log.request.inputs) == [key]
-        assert log.predict_log.request.model_spec.signature_name == "serving_default"
+    cases = [(image_run["written"]["image"], {"serving_default": ["image_bytes"], "serving_images": ["images"]}),
+             (image_run["written"]["text"], {"serving_default": ["text"]}),
+             (feature_run["written"]["image"], {"serving_default": ["features"]})]
+    for path, expected in cases:
+        records = list(tf.data.TFRecordDataset(os.path.join(path, saved_model.WARMUP_FILE)).as_numpy_iterator())
+        requests = [prediction_log_pb2.PredictionLog.FromString(r).predict_log.request for r in records]
+        assert {r.model_spec.signature_name: sorted(r.inputs) for r in requests} == expected
+        loaded = tf.saved_model.load(path)
+        for request in requests:  # what the server does with them at load time
+            inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+            out = loaded.signatures[request.model_spec.signature_name](**inputs)["embedding"]
+            assert out.shape[0] == next(iter(inputs.values())).shape[0] and np.isfinite(out.numpy()).all()
 
 
-def test_a_second_export_adds_a_version_and_never_shows_a_partial_one(feature_run):
-    root, _ = feature_run
-    second = export_run(str(root / "run"), str(root / "serving"))
-    assert second["version"] == 2
-    listing = sorted(p.name for p in (root / "serving" / "chtn_image").iterdir())
-    assert listing == ["1", "2"]
+def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_path, capsys):
+    serving = tmp_path / "serving"
+    (serving / "chtn_image" / ".tmp-7-leftover").mkdir(parents=True)  # a crashed export's leftovers
+    shutil.copytree(feature_run["written"]["text"], serving / "chtn_text" / "3")  # versions exist in one model
+    assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--model-base-path", "/models"]) == 0
+    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == [".tmp-7-leftover", "4"]
+    assert saved_model.existing_versions(str(serving / "chtn_text")) == [3, 4]
+    config = (serving / "models.config").read_text()
+    assert re.findall(r'name: "(\w+)"\s+base_path: "([^"]+)"\s+model_platform: "tensorflow"', config) == [
+        ("chtn_image", "/models/chtn_image"), ("chtn_text", "/models/chtn_text")]
+    with pytest.raises(FileExistsError, match="immutable"):
+        saved_model.export_run(feature_run["run"], str(serving), version=3)
+    assert not (serving / "chtn_image" / "3").exists()  # checked before anything is written
+    assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--version", "0"]) == 2
+    assert saved_model.main(["--run", str(tmp_path), "--out", str(serving)]) == 2
+    assert "best.weights.h5 is missing" in capsys.readouterr().err
 
+    # A failure mid-write leaves no version folder a server could pick up, and no temporary folder.
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
 
-def _prediction_service(serving_dir):
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    class Service(_PredictionService, prediction_service_pb2_grpc.PredictionServiceServicer):
-        pass
-
-    return Service(serving_dir)
-
-
-class _PredictionService:
-    """An in-test PredictionService that answers from the exported SavedModels (protocol check only)."""
-
-    def __init__(self, serving_dir):
-        import os
-
-        self.models = {name: tf.saved_model.load(os.path.join(serving_dir, name, "1")) for name in ("chtn_image", "chtn_text")}
-
-    def Predict(self, request, context):
-        import grpc
-        from tensorflow_serving.apis import predict_pb2
-
-        name, signature = request.model_spec.name, request.model_spec.signature_name or "serving_default"
-        if name not in self.models:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
-        if signature not in self.models[name].signatures:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Serving signature name: \"{signature}\" not found")
-        fn = self.models[name].signatures[signature]
-        try:
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
-        except (TypeError, tf.errors.OpError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)[:200])
-        response = predict_pb2.PredictResponse()
-        response.outputs["embedding"].CopyFrom(tf.make_tensor_proto(outputs["embedding"].numpy()))
-        return response
-
-
-def test_grpc_client_against_a_prediction_service(feature_run):
-    """Checks the gRPC protocol (PredictionService/Predict) with an in-test server on 127.0.0.1 answering
-    from the exported SavedModels; it does not run the real tensorflow_model_server binary (not installable here)."""
-    import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    root, written = feature_run
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_prediction_service(str(root / "serving")), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    original = saved_model.write_warmup
+    saved_model.write_warmup = broken
     try:
-        client = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=10, batch_size=2)
-        texts = ["painting museum", "football goal", "cell gene", "sea"]
-        embedded = serving_client.embed_texts(client, texts)
-        local = tf.saved_model.load(written["text"]).signatures["serving_default"](text=tf.constant(texts))["embedding"]
-        np.testing.assert_allclose(embedded, local, rtol=1e-5, atol=1e-6)
-        with pytest.raises(serving_client.ServingError, match="not found"):
-            serving_client.embed_texts(client, texts, model="no_such_model")
-        with pytest.raises(serving_client.ServingError, match="signature"):
-            client.predict("chtn_text", "text", [b"x"], signature="no_such_signature")
-        client.close()
+        with pytest.raises(RuntimeError):
+            saved_model.export_run(feature_run["run"], str(serving), version=5)
     finally:
-        server.stop(0)
-    down = serving_client.GrpcClient(f"127.0.0.1:{port}", timeout=2)
-    with pytest.raises(serving_client.ServingError, match="cannot reach"):
-        serving_client.embed_texts(down, ["x"])
+        saved_model.write_warmup = original
+    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == [".tmp-7-leftover", "4"]
 
 
-def test_rest_client_against_a_rest_endpoint(feature_run):
-    """Checks the REST predict protocol (columnar "inputs", b64 bytes) with an in-test HTTP server on
-    127.0.0.1 answering from the exported text SavedModel; not the real tensorflow_model_server binary."""
-    root, written = feature_run
-    text_model = tf.saved_model.load(written["text"])
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if not self.path.startswith("/v1/models/chtn_text:predict"):
-                return self._reply(404, {"error": "Servable not found"})
-            values = body["inputs"]["text"]
-            out = text_model.signatures["serving_default"](text=tf.constant(values))["embedding"].numpy()
-            self._reply(200, {"outputs": out.tolist()})
-
-        def _reply(self, code, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = serving_client.RestClient(f"127.0.0.1:{server.server_port}", timeout=10, batch_size=2)
-        texts = ["painting museum", "football goal", "cell gene"]
-        np.testing.assert_allclose(client.predict("chtn_text", "text", texts),
-                                   text_model.signatures["serving_default"](text=tf.constant(texts))["embedding"],
-                                   rtol=1e-5, atol=1e-6)
-        with pytest.raises(serving_client.ServingError, match="not found"):
-            client.predict("chtn_other", "text", texts)
-    finally:
-        server.shutdown()
-    with pytest.raises(serving_client.ServingError, match="cannot reach"):
-        serving_client.RestClient(f"127.0.0.1:{server.server_port}", timeout=2).predict("chtn_text", "text", ["x"])
+def test_models_config_defaults_to_absolute_paths(tmp_path):
+    path = saved_model.write_models_config(str(tmp_path))
+    assert f'base_path: "{tmp_path / "chtn_text"}"' in open(path).read()
 
 
-def test_index_build_and_query(image_run):
-    root, manifest, written = image_run
-    out = str(root / "index")
-    info = retrieval_index.build(str(root / "serving"), out, manifest=manifest, split="test")
-    assert info["n"] == 6
-    rows = retrieval_index.query(out, image=str(root / "data" / "img" / "green1.jpg"), k=3)
-    assert len(rows) == 3 and rows[0]["kind"] == "text"
-    assert rows == sorted(rows, key=lambda r: -r["score"])
-    # Reference: the same ranking computed directly from the stored embeddings.
-    saved = np.load(f"{out}/embeddings.npz")
-    image_model = tf.saved_model.load(written["image"])
-    query = image_model.signatures["serving_default"](
-        image_bytes=tf.constant([open(root / "data" / "img" / "green1.jpg", "rb").read()]))["embedding"].numpy()
-    scores = saved["texts"] @ (query[0] / np.linalg.norm(query[0]))
-    assert rows[0]["score"] == pytest.approx(float(scores.max()), abs=1e-5)
+def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, image_run, capsys):
+    for run in (feature_run, image_run):
+        result = verify.verify(run["run"], run["serving"], data_dir=run.get("data_dir"))
+        results = json.loads(open(os.path.join(run["run"], "results.json")).read())
+        assert result["ok"] and result["n_test"] == results["n_test"]
+        assert result["map_i2t"] == pytest.approx(results["map_i2t"], abs=1e-4)
+        assert result["map_t2i"] == pytest.approx(results["map_t2i"], abs=1e-4)
+    assert verify.main(["--run", image_run["run"], "--serving", image_run["serving"]]) == 0
+    assert "agree within" in capsys.readouterr().out
 
 
-def test_approximate_index_recall_against_exact():
-    rng = np.random.default_rng(0)
-    gallery = retrieval_index._normalise(rng.normal(size=(5000, 16)).astype(np.float32))
-    queries = retrieval_index._normalise(rng.normal(size=(50, 16)).astype(np.float32))
-    exact, _ = retrieval_index.exact_search(gallery, queries, 10)
-    # Naive reference for the exact search.
-    naive = np.array([np.argsort(-(gallery @ q), kind="stable")[:10] for q in queries])
-    assert all(set(a) == set(b) for a, b in zip(exact, naive))
-    ivf = retrieval_index.IVFIndex(gallery, seed=0)
-    approx, _ = ivf.search(queries, 10, nprobe=len(ivf.cells))
-    assert retrieval_index.recall_at_k(approx, exact) == 1.0  # visiting every cell is exact
-    approx, _ = ivf.search(queries, 10, nprobe=8)
-    assert 0.3 < retrieval_index.recall_at_k(approx, exact) <= 1.0
+def test_verify_map_matches_a_hand_computation():
+    # Query 0 (label 0) ranks the gallery [g0 (0), g2 (1), g1 (0)]: AP = (1/1 + 2/3) / 2.
+    # Query 1 (label 1) ranks [g2 (1), g0, g1]: AP = 1.
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    queries = np.array([[1.0, 0.2], [1.0, 1.1]])
+    got = verify.map_at_all(queries, np.array([0, 1]), gallery, np.array([0, 0, 1]))
+    assert got == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
