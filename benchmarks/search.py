@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks.quality import update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
-from export.index import IVFIndex, _normalise, exact_search, recall_at_k  # noqa: E402
+from export.index import IVFIndex, exact_search, normalise, recall_at_k  # noqa: E402
 
 
 def timed(fn, queries, repeats):
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     for size in args.sizes:
-        gallery = _normalise(rng.normal(size=(size, args.dim)).astype(np.float32))
-        queries = _normalise(rng.normal(size=(args.queries, args.dim)).astype(np.float32))
+        gallery = normalise(rng.normal(size=(size, args.dim)).astype(np.float32))
+        queries = normalise(rng.normal(size=(args.queries, args.dim)).astype(np.float32))
         start = time.perf_counter()
         ivf = IVFIndex(gallery, seed=0)
         build_s = time.perf_counter() - start
