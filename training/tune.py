@@ -11,6 +11,7 @@ retrains the best trial) and ``DIR/trials.json``, and prints a table of all tria
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -115,8 +116,6 @@ def search_settings(args, base: ExperimentConfig, hypermodel) -> dict:
 
 def check_resumable(out: str, settings: dict) -> None:
     """Raises ValueError when ``out`` holds a search with other settings; records them for a new one."""
-    import json
-
     path = os.path.join(out, SETTINGS)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
