@@ -69,6 +69,21 @@ def test_trainable_backbone_changes_after_an_adam_step_and_frozen_does_not(tiny_
         assert (not np.allclose(before[moving], after[moving])) == trainable
 
 
+def test_frozen_backbone_can_be_unfrozen_later(tiny_module):
+    """A frozen stage then fine-tuning: switching ``layer.trainable`` exposes the module's trainable variables."""
+    images = np.random.default_rng(4).random((4, 16, 16, 3)).astype(np.float32)
+    model = model_on(tiny_module, False)
+    backbone = model.get_layer("backbone")
+    assert backbone.trainable_weights == [] and len(backbone.non_trainable_weights) == 3
+    backbone.trainable = True
+    assert sorted(v.name for v in backbone.trainable_weights) == ["conv_kernel", "conv_scale"]
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    kernel = [v for v in backbone.weights if "kernel" in v.path][0]
+    before = np.array(kernel)
+    model.fit(images, np.array([0, 1, 0, 1]), epochs=1, batch_size=4, verbose=0)
+    assert not np.allclose(before, np.array(kernel))
+
+
 def test_hub_layer_saves_and_loads_with_the_model(tiny_module, tmp_path):
     model = model_on(tiny_module, True)
     images = np.random.default_rng(1).random((3, 16, 16, 3)).astype(np.float32)
@@ -110,6 +125,10 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
     live = build_lite0("classification")
     np.testing.assert_allclose(reloaded(images).numpy(), live.forward(images).numpy(), rtol=1e-4, atol=1e-4)
     assert reloaded(images).shape == (2, 1000)
+    # The same module through the Keras 3 layer (frozen): same outputs, output shape known symbolically.
+    layer = HubImageLayer(lite0_classification)
+    np.testing.assert_allclose(layer(images), live.forward(images).numpy(), rtol=1e-4, atol=1e-4)
+    assert layer.compute_output_shape((None, 224, 224, 3)) == (None, 1000)
     signature = reloaded.signatures["serving_default"]
     assert set(signature.structured_outputs) == {"logits"}
     assert len(reloaded.trainable_variables) < len(reloaded.variables)
@@ -129,7 +148,7 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
 
 
 def test_lite0_recognises_real_imagenet_photos(lite0_classification, real_data_dir):
-    """A few Imagenette val photos must be classified right (the full check is benchmarks/backbone.py)."""
+    """A few Imagenette val photos must be classified right (the full check is benchmarks/backbone_accuracy.py)."""
     import tensorflow_hub as hub
 
     from chtn_tf.data.pipeline import image_dataset

@@ -27,7 +27,8 @@ class HubImageLayer(keras.layers.Layer):
         handle: TF-Hub handle: an ``https://`` URL (resolved offline through ``$TFHUB_CACHE_DIR`` when
             cached) or a local SavedModel folder in TF-Hub's reusable format.
         trainable: fine-tune the module's trainable variables (BatchNorm then runs in training mode while
-            training); False freezes them.
+            training); False freezes them. Setting ``layer.trainable`` later (e.g. to fine-tune after a frozen
+            stage; recompile afterwards) switches the same way.
 
     Input: float32 ``[batch, height, width, 3]`` with values in [0, 1]. Output: ``[batch, feature_dim]``.
 
@@ -43,18 +44,23 @@ class HubImageLayer(keras.layers.Layer):
         trainable_refs = {v.ref() for v in getattr(self._module, "trainable_variables", [])}
         self._hub_variables = []
         for variable in self._module.variables:
-            wrapped = keras.Variable(variable, trainable=trainable and variable.ref() in trainable_refs,
+            # The layer's own ``trainable`` flag decides whether any of these train, so it can be switched later.
+            wrapped = keras.Variable(variable, trainable=variable.ref() in trainable_refs,
                                      name=variable.name.split(":")[0].replace("/", "_"))
             self._track_variable(wrapped)
             self._hub_variables.append(wrapped)
+        self._feature_dim = None
         self.built = True
 
     def call(self, images, training=False):
         return self._module(images, training=bool(training) and self.trainable)
 
     def compute_output_shape(self, input_shape):
-        output = self._module(tf.zeros([1, 8, 8, 3]))
-        return (input_shape[0], int(output.shape[-1]))
+        if self._feature_dim is None:
+            # Modules may fix their spatial size: probe with the input's own (224 where unknown).
+            height, width = [d or 224 for d in tuple(input_shape)[1:3]]
+            self._feature_dim = int(self._module(tf.zeros([1, height, width, 3]), training=False).shape[-1])
+        return (input_shape[0], self._feature_dim)
 
     def get_config(self):
         config = super().get_config()
