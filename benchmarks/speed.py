@@ -6,7 +6,7 @@ and throughput vs the Keras model, with the peak memory of each measurement.
 ``--run`` is a Web News ``training.fit`` run folder and ``--serving`` its export (``python -m
 export.saved_model``). Each part runs in its own process so its peak resident memory is its own. Medians
 over repeats. Writes ``benchmarks/results/speed.json`` and the speed section of ``benchmarks/RESULTS.md``.
-Feature extraction speed is measured by ``benchmarks/backbone.py``.
+Feature extraction speed is measured by ``benchmarks/feature_speed.py``.
 """
 
 from __future__ import annotations
