@@ -228,6 +228,9 @@ def test_unknown_and_offline_backbones_are_clear_errors(tmp_path, monkeypatch):
         resolve_backbone("resnet50-v2")
     with pytest.raises(FileNotFoundError, match="not a known name"):
         resolve_backbone("no-such-backbone")
+    # The layer itself (e.g. a saved model reloaded offline) fails the same way instead of waiting on the network.
+    with pytest.raises(FileNotFoundError, match="efficientnet-lite0"):
+        HubImageLayer("https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5")
 
 
 def test_auto_takes_the_resnet_from_the_tfhub_cache_offline(tiny_module, tmp_path, monkeypatch):

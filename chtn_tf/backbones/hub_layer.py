@@ -13,8 +13,17 @@ import tensorflow as tf
 
 
 def load_module(handle: str):
-    """``tensorflow_hub.load`` of a URL (through ``$TFHUB_CACHE_DIR``) or a local SavedModel folder."""
+    """``tensorflow_hub.load`` of a URL (through ``$TFHUB_CACHE_DIR``) or a local SavedModel folder.
+
+    An uncached URL while offline fails within seconds with an error naming the alternatives, instead of
+    waiting on the network.
+    """
     import tensorflow_hub as hub
+
+    from chtn_tf.backbones.registry import check_url_available
+
+    if str(handle).startswith(("http://", "https://")):
+        check_url_available(str(handle))
 
     return hub.load(str(handle))
 

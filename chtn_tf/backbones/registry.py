@@ -94,17 +94,28 @@ def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> 
     known = KNOWN.get(name, {})
     handle = known.get("handle", name)
     if handle.startswith(("http://", "https://")):
-        if not is_cached(handle) and not _reachable(handle):
-            raise FileNotFoundError(
-                f"backbone {name!r}: {handle} is not in the TF-Hub cache ({tfhub_cache_folder(handle)}) and "
-                f"tfhub.dev cannot be reached. Alternatives: --backbone efficientnet-lite0 (ImageNet weights, "
-                f"works offline), a local SavedModel folder, or download the module on a machine that is "
-                f"online and copy it to that cache folder (TFHUB_CACHE_DIR).")
+        check_url_available(handle, name=name)
         return BackboneSpec(name, handle, known.get("image_size", 224), known.get("feature_dim", 0))
     if not os.path.isdir(os.path.expanduser(handle)):
         raise FileNotFoundError(f"backbone {name!r}: not a known name ({', '.join(['auto', *KNOWN])}), "
                                 f"a TF-Hub URL, or an existing SavedModel folder; use one of those")
     return BackboneSpec(name, os.path.abspath(os.path.expanduser(handle)), 224, 0)
+
+
+def check_url_available(handle: str, *, name: Optional[str] = None) -> None:
+    """Raises a clear error, quickly, when a URL handle can be neither read from the TF-Hub cache nor fetched.
+
+    Raises:
+        FileNotFoundError: not in ``$TFHUB_CACHE_DIR`` and the host does not answer within a few seconds;
+            the message names the alternatives.
+    """
+    if is_cached(handle) or _reachable(handle):
+        return
+    raise FileNotFoundError(
+        f"backbone {name or handle!r}: {handle} is not in the TF-Hub cache ({tfhub_cache_folder(handle)}) and "
+        f"its host cannot be reached. Alternatives: --backbone efficientnet-lite0 (ImageNet weights, works "
+        f"offline), a local SavedModel folder, or download the module on a machine that is online and copy it "
+        f"to that cache folder (TFHUB_CACHE_DIR).")
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
