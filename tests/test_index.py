@@ -116,7 +116,24 @@ def test_ivf_recall_against_exact_search():
     few = retrieval_index.measure_recall(ivf, queries, nprobe=1)
     some = retrieval_index.measure_recall(ivf, queries, nprobe=8)
     assert 0.0 < few < some <= 1.0 and some > 0.8
+    exact, _ = retrieval_index.exact_search(gallery, queries, 10)
+    assert some == retrieval_index.recall_at_k(ivf.search(queries, 10, nprobe=8)[0], exact)  # no ties here
     restored = retrieval_index.IVFIndex.from_arrays(gallery, ivf.centroids, ivf.assignments)
     assert np.array_equal(restored.search(queries, 10)[0], ivf.search(queries, 10)[0])
     # recall_at_k by hand: 2 of 3 found, then 3 of 3.
     assert retrieval_index.recall_at_k(np.array([[1, 2, 9], [4, 5, 6]]), np.array([[1, 2, 3], [6, 5, 4]])) == pytest.approx(5 / 6)
+
+
+def test_recall_counts_tied_scores_as_found():
+    # Rows 0-3 are one vector (a saturated one-hot embedding); any 2 of them are a correct top-2.
+    gallery = retrieval_index.normalise(np.array([[1, 0], [1, 0], [1, 0], [1, 0], [0, 1]], np.float32))
+    ivf = retrieval_index.IVFIndex.from_arrays(gallery, np.array([[1, 0], [0, 1]], np.float32),
+                                               np.array([1, 1, 0, 0, 1]))  # rows 0, 1 put in the far cell
+    query = np.array([[1.0, 0.0]], np.float32)
+    found, _ = ivf.search(query, 2, nprobe=1)
+    assert sorted(found[0].tolist()) == [2, 3]  # exact search says [0, 1]: ids differ, scores tie
+    assert retrieval_index.recall_at_k(found, np.array([[0, 1]])) == 0.0
+    assert retrieval_index.measure_recall(ivf, query, k=2, nprobe=1) == 1.0
+    missing = retrieval_index.IVFIndex.from_arrays(gallery, ivf.centroids, np.array([1, 1, 0, 0, 0]))
+    assert missing.search(np.array([[0.0, 1.0]], np.float32), 1, nprobe=1)[0].tolist() == [[0]]  # not row 4
+    assert retrieval_index.measure_recall(missing, np.array([[0.0, 1.0]], np.float32), k=1, nprobe=1) == 0.0
