@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import tempfile
 from typing import Optional
 
 log = logging.getLogger("chtn")
@@ -44,7 +45,8 @@ def chtn_cache_dir() -> pathlib.Path:
 
 def tfhub_cache_folder(handle: str) -> pathlib.Path:
     """Where ``tensorflow_hub`` keeps a URL handle: ``$TFHUB_CACHE_DIR/<sha1 of the exact handle>``."""
-    root = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "tfhub_modules")
+    # tensorflow_hub's own default when the variable is unset.
+    root = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules")
     return pathlib.Path(root) / hashlib.sha1(handle.encode("utf-8")).hexdigest()
 
 
