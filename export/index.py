@@ -251,7 +251,10 @@ def query(index: str, *, text: str | None = None, image: str | None = None, k: i
     for i, score in zip(indices[0].tolist(), scores[0].tolist()):
         if i < 0:
             continue
-        shown = meta["image_paths"][i] if kind == "image" and meta["image_paths"] else meta["texts"][i][:60]
+        if kind == "image" and meta["image_paths"]:
+            shown = meta["image_paths"][i]
+        else:
+            shown = " ".join(meta["texts"][i].split())[:60]  # one line per match
         rows.append({"rank": len(rows) + 1, "id": meta["ids"][i], "score": float(score),
                      "label": meta["class_names"][int(saved["labels"][i])], "kind": kind, "item": shown})
     return rows

@@ -159,7 +159,8 @@ def local_embeddings(feature_run, texts, features):
 
 
 def make_client(kind, address, **kwargs):
-    return serving_client.GrpcClient(address, **kwargs) if kind == "grpc" else serving_client.RestClient(address, **kwargs)
+    cls = serving_client.GrpcClient if kind == "grpc" else serving_client.RestClient
+    return cls(address, **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["grpc", "rest"])
