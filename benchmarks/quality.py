@@ -121,6 +121,15 @@ def update_results_md(section: str, body: str) -> None:
 def write_report(report: dict, tables: dict, seeds, started: float) -> None:
     report["seconds"] = round(time.time() - started, 1)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    previous_path = os.path.join(HERE, "results", "quality.json")
+    if os.path.exists(previous_path):
+        # Datasets measured by an earlier (or parallel) run with other --datasets are kept.
+        with open(previous_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        for name, entry in previous.get("datasets", {}).items():
+            if name not in report["datasets"]:
+                report["datasets"][name] = entry
+                tables[name] = entry["summary"]
     write_json_atomic(os.path.join(HERE, "results", "quality.json"), report)
     plot(tables, os.path.join(HERE, "results", "quality.png"))
     body = "\n\n".join([
