@@ -14,10 +14,10 @@ writes ``SERVING_DIR/chtn_image/<version>/`` and ``SERVING_DIR/chtn_text/<versio
 
 ``embedding`` is the common representation the run was evaluated with: cosine similarity between the two
 encoders' outputs reproduces the run's retrieval. Each version folder also holds
-``assets.extra/tf_serving_warmup_requests`` (one PredictionLog per signature). A version is written under a
-hidden temporary name beside it and renamed into place, so a server polling the folder never sees half of
-one; the graphs use only core TensorFlow ops (checked before the rename), which the stock
-``tensorflow_model_server`` has.
+``assets.extra/tf_serving_warmup_requests`` (one PredictionLog per signature). Both versions are written
+under hidden temporary names beside them and renamed into place only once both are complete, so a server
+polling the folder never sees half of a version, nor an image version without its text version. The graphs
+use only core TensorFlow ops (checked before the rename), which the stock ``tensorflow_model_server`` has.
 """
 
 from __future__ import annotations
@@ -147,19 +147,16 @@ def _warmup_requests(info) -> tuple:
     return image, text
 
 
-def write_version(model_dir: str, version: int, signatures: dict, tracked: list, warmup: dict) -> str:
-    """Writes one SavedModel version atomically: a hidden temporary folder beside it, renamed to ``<version>``.
+def stage_version(model_dir: str, version: int, signatures: dict, tracked: list, warmup: dict) -> str:
+    """Writes one SavedModel version into a hidden temporary folder inside ``model_dir``; returns its path.
 
-    TF Serving only loads folders named by an integer, so the temporary folder is never served.
+    TF Serving loads only folders named by an integer, so the staged folder is never served;
+    :func:`publish_versions` renames it into place.
 
     Raises:
-        FileExistsError: ``<version>`` exists (versions are immutable).
         ValueError: the graph uses an op that is not a core TensorFlow op.
     """
     os.makedirs(model_dir, exist_ok=True)
-    final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; versions are immutable: pass another --version or omit it")
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
         archive = keras.export.ExportArchive()
@@ -170,12 +167,26 @@ def write_version(model_dir: str, version: int, signatures: dict, tracked: list,
         archive.write_out(tmp, verbose=False)
         extra = non_core_ops(tmp)
         if extra:
-            raise ValueError(f"{final}: the graph uses ops that the stock tensorflow_model_server lacks: {extra}")
+            raise ValueError(f"{model_dir}: the graph uses ops that the stock tensorflow_model_server lacks: {extra}")
         write_warmup(os.path.join(tmp, WARMUP_FILE), os.path.basename(model_dir), warmup)
-        os.rename(tmp, final)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        raise
+    return tmp
+
+
+def publish_versions(staged: dict, version: int) -> dict:
+    """Renames staged folders ``{model_dir: tmp}`` to ``model_dir/<version>``, one rename each, back to back.
+
+    Both models are staged completely before either appears, so a server never sees an image version
+    without its text version (their embeddings only match each other).
+    """
+    published = {}
+    for model_dir, tmp in staged.items():
+        final = os.path.join(model_dir, str(version))
+        os.rename(tmp, final)  # fails, rather than merges, if ``final`` appeared meanwhile and is not empty
+        published[model_dir] = final
+    return published
 
 
 def existing_versions(model_dir: str) -> list:
@@ -233,9 +244,17 @@ def export_run(run_dir: str, serving_dir: str, *, version: int | None = None,
             raise FileExistsError(f"{folder}/{version} exists; versions are immutable: pass another --version "
                                   f"or omit it")
     image_warmup, text_warmup = _warmup_requests(info)
-    image_path = write_version(folders[IMAGE_MODEL], version, *image_signatures(model, info), image_warmup)
-    text_path = write_version(folders[TEXT_MODEL], version, *text_signatures(model), text_warmup)
-    return {"image": image_path, "text": text_path, "version": version,
+    staged = {}
+    try:
+        staged[folders[IMAGE_MODEL]] = stage_version(folders[IMAGE_MODEL], version, *image_signatures(model, info),
+                                                     image_warmup)
+        staged[folders[TEXT_MODEL]] = stage_version(folders[TEXT_MODEL], version, *text_signatures(model),
+                                                    text_warmup)
+        published = publish_versions(staged, version)
+    finally:
+        for tmp in staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"image": published[folders[IMAGE_MODEL]], "text": published[folders[TEXT_MODEL]], "version": version,
             "models_config": write_models_config(serving_dir, base_path=model_base_path)}
 
 

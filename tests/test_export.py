@@ -135,18 +135,25 @@ def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_pa
     assert saved_model.main(["--run", str(tmp_path), "--out", str(serving)]) == 2
     assert "best.weights.h5 is missing" in capsys.readouterr().err
 
-    # A failure mid-write leaves no version folder a server could pick up, and no temporary folder.
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+    # A failure while writing the text model (the second) leaves no version folder a server could pick
+    # up, not even the complete image one, and no temporary folder.
+    original, calls = saved_model.write_warmup, []
 
-    original = saved_model.write_warmup
+    def broken(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return original(*args, **kwargs)
+
     saved_model.write_warmup = broken
     try:
         with pytest.raises(RuntimeError):
             saved_model.export_run(feature_run["run"], str(serving), version=5)
     finally:
         saved_model.write_warmup = original
+    assert calls == ["chtn_image", "chtn_text"]
     assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == [".tmp-7-leftover", "4"]
+    assert sorted(p.name for p in (serving / "chtn_text").iterdir()) == ["3", "4"]
 
 
 def test_models_config_defaults_to_absolute_paths(tmp_path):
