@@ -175,3 +175,17 @@ def test_evaluate_retrieval_is_json_ready_and_matches_the_single_metrics(data):
     assert result["pr_curve"]["i2t"] == pytest.approx(curve["interpolated"])
     assert result["pr_curve"]["i2t_raw"] == pytest.approx(curve["raw"])
     assert len(result["pr_curve"]["recall"]) == len(result["pr_curve"]["t2i"]) == 11
+
+
+def test_plots_write_png_files_atomically(tmp_path, data):
+    from chtn_tf.metrics import plots
+
+    results = evaluate_retrieval(data[0], data[0] + 0.5, data[1], data[1])
+    plots.plot_pr_curves(results, str(tmp_path / "pr.png"))
+    history = {"loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.4, 2.0], "mmd_fc7": [0.0, 0.0, 0.0],
+               "pair_fc7": [0.5, 0.2, 0.1], "val_map_avg": [0.2, 0.25, 0.3]}
+    plots.plot_training_curves(history, str(tmp_path / "sub" / "curves.png"))
+    plots.plot_training_curves({}, str(tmp_path / "empty.png"))
+    for name in ("pr.png", "sub/curves.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["curves.png", "empty.png", "pr.png"]
