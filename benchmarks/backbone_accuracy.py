@@ -7,7 +7,8 @@ loads it with plain ``tensorflow_hub.load`` and classifies the Imagenette valida
 val images of 10 classes, decoded exactly as the feature extractor does). Reports top-1 and top-5 over all
 1,000 ImageNet classes and top-1 with the argmax restricted to the 10 Imagenette classes. A wrong padding,
 normalisation or kernel layout drops these far below the published Lite0 top-1 (75%); the acceptance
-thresholds are 0.70 and 0.98. Writes the ``accuracy`` section of ``benchmarks/results/backbones.json``.
+thresholds are 0.70 and 0.98. Writes the ``accuracy`` section of ``benchmarks/results/backbones.json`` and the backbone section of
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks.report import backbones_section, update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "backbones.json")
@@ -42,6 +44,7 @@ def update_results(section: str, value: dict) -> None:
             results = json.load(f)
     results[section] = value
     write_json_atomic(RESULTS, results)
+    update_results_md("backbones", backbones_section(results))
 
 
 def machine() -> str:

@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from chtn_tf import baselines  # noqa: E402
+from benchmarks.report import update_results_md  # noqa: E402
 from chtn_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
 from chtn_tf.metrics.retrieval import evaluate_retrieval  # noqa: E402
 from chtn_tf.model.config import dataset_config  # noqa: E402
@@ -48,7 +49,12 @@ def run_chtn(config, inputs, seed: int, overrides: dict) -> dict:
     return {k: results[k] for k in ("map_i2t", "map_t2i", "map_avg", "val_map_avg", "train_seconds")}
 
 
-def run_baselines(inputs, seed: int) -> dict:
+def run_baselines(inputs) -> tuple[dict, dict]:
+    """Both baselines on the training split, scored on test. They are deterministic: one run, not one per seed.
+
+    CCA's settings (directions, ridge, text LSA width) are chosen by :func:`baselines.tune_cca` on a hold-out
+    of the training pairs, as CHTN's checkpoint is chosen on validation; the test split is never consulted.
+    """
     dataset = inputs.dataset
     train, test = dataset.splits["train"], dataset.splits["test"]
     analyzer = "char" if sum(is_cjk_text(t) for t in train.texts[:200]) > 100 else "word"
@@ -57,9 +63,11 @@ def run_baselines(inputs, seed: int) -> dict:
     out = {}
     img_codes, txt_codes = baselines.semantic_matching(train_img, train_txt, train.labels, test_img, test_txt)
     out["Semantic matching (logistic regression)"] = _maps(img_codes, txt_codes, test.labels)
-    img_codes, txt_codes = baselines.cca_codes(train_img, train_txt, test_img, test_txt)
+    tuned = baselines.tune_cca(train_img, train_txt, train.labels)
+    img_codes, txt_codes = baselines.cca_codes(train_img, train_txt, test_img, test_txt, **tuned["settings"])
     out["CCA"] = _maps(img_codes, txt_codes, test.labels)
-    return out
+    details = {"text_analyzer": analyzer, "cca_settings": tuned["settings"], "cca_val_map_avg": tuned["val_map_avg"]}
+    return out, details
 
 
 def _maps(image_codes, text_codes, labels) -> dict:
@@ -72,15 +80,21 @@ def summarise(runs: list) -> dict:
     return {k: [float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))] for k in runs[0]}
 
 
-def markdown_table(dataset: str, table: dict, n_seeds: int) -> str:
-    lines = [f"### {dataset}", "", f"Test MAP@all, mean ± std over {n_seeds} seeds.", "",
-             "| method | I→T | T→I | mean |", "|---|---|---|---|"]
+def markdown_table(dataset: str, table: dict, counts: dict) -> str:
+    """The dataset's table; ``counts[method]`` = how many runs (seeds) its mean ± std is over."""
+    lines = [f"### {dataset}", "", "Test MAP@all, mean ± std over the runs counted (one per seed; the baselines are "
+             "deterministic, so one run).", "",
+             "| method | runs | I→T | T→I | mean |", "|---|---|---|---|---|"]
     for method, scores in table.items():
         cells = [f"{scores[k][0]:.3f} ± {scores[k][1]:.3f}" for k in ("map_i2t", "map_t2i", "map_avg")]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | {counts.get(method, '')} | " + " | ".join(cells) + " |")
     for method, i2t, t2i in PUBLISHED.get(dataset, []):
-        lines.append(f"| {method} | {i2t:.3f} | {t2i:.3f} | {(i2t + t2i) / 2:.3f} |")
+        lines.append(f"| {method} | published | {i2t:.3f} | {t2i:.3f} | {(i2t + t2i) / 2:.3f} |")
     return "\n".join(lines)
+
+
+def run_counts(entry: dict) -> dict:
+    return {method: len(runs) for method, runs in entry["runs"].items() if runs}
 
 
 def plot(all_tables: dict, path: str) -> None:
@@ -105,20 +119,7 @@ def plot(all_tables: dict, path: str) -> None:
     plt.close(fig)
 
 
-def update_results_md(section: str, body: str) -> None:
-    path = os.path.join(HERE, "RESULTS.md")
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmark results\n"
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with atomic_path(path) as tmp:
-        open(tmp, "w", encoding="utf-8").write(text)
-
-
-def write_report(report: dict, tables: dict, seeds, started: float) -> None:
+def write_report(report: dict, tables: dict, started: float) -> None:
     report["seconds"] = round(time.time() - started, 1)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     previous_path = os.path.join(HERE, "results", "quality.json")
@@ -135,7 +136,7 @@ def write_report(report: dict, tables: dict, seeds, started: float) -> None:
     body = "\n\n".join([
         "## Quality", "",
         f"Command: `{report['command']}` — {report['date']}, {report['machine']}, {report['seconds'] / 60:.0f} min.",
-        *[markdown_table(d, t, len(seeds)) for d, t in tables.items()],
+        *[markdown_table(d, t, run_counts(report["datasets"][d])) for d, t in tables.items()],
         "![quality](results/quality.png)",
     ])
     update_results_md("quality", body)
@@ -160,6 +161,10 @@ def main(argv=None) -> int:
         inputs = prepare_inputs(config, progress=True)
         runs = {name: [] for name in args.variants}
         runs.update({"Semantic matching (logistic regression)": [], "CCA": []})
+        baseline_scores, baseline_details = run_baselines(inputs)
+        for name, scores in baseline_scores.items():
+            print(f"[{dataset}] {name}: test MAP avg {scores['map_avg']:.4f}", flush=True)
+            runs[name].append(scores)
         for seed in args.seeds:
             for name in args.variants:
                 if VARIANTS[name].get("loss.source_transfer") is False and inputs.source_features is None:
@@ -167,13 +172,11 @@ def main(argv=None) -> int:
                 print(f"[{dataset}] seed {seed}: {name}", flush=True)
                 runs[name].append(run_chtn(config, inputs, seed, VARIANTS[name]))
                 print(f"    test MAP avg {runs[name][-1]['map_avg']:.4f}", flush=True)
-            for name, scores in run_baselines(inputs, seed).items():
-                runs[name].append(scores)
         tables[dataset] = {name: summarise(r) for name, r in runs.items() if r}
         report["datasets"][dataset] = {"runs": runs, "summary": tables[dataset], "backbone": inputs.backbone,
-                                       "n_test": len(inputs.dataset.splits["test"])}
-        print(markdown_table(dataset, tables[dataset], len(args.seeds)), flush=True)
-        write_report(report, tables, args.seeds, started)  # after each dataset: a long run keeps what it measured
+                                       "n_test": len(inputs.dataset.splits["test"]), "baselines": baseline_details}
+        print(markdown_table(dataset, tables[dataset], run_counts(report["datasets"][dataset])), flush=True)
+        write_report(report, tables, started)  # after each dataset: a long run keeps what it measured
     return 0
 
 

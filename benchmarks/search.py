@@ -20,7 +20,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.quality import update_results_md  # noqa: E402
+from benchmarks.report import update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
 from export.index import IVFIndex, exact_search, normalise, recall_at_k  # noqa: E402
 

@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(result))
         return 0
 
-    from benchmarks.quality import update_results_md
+    from benchmarks.report import update_results_md
     from chtn_tf.atomic import write_json_atomic
 
     results = {}

@@ -50,7 +50,8 @@ def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_
                            shuffle=True, with_source=with_source)
     val = target_batches(inputs, "val", batch_size=config.train.batch_size, seed=config.train.seed,
                          shuffle=False, with_source=with_source)
-    return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+    # shuffle=False: the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset and warns if asked.
+    return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
                      callbacks=fit_callbacks(inputs) + list(callbacks), verbose=verbose)
 
 
