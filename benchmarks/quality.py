@@ -37,6 +37,7 @@ VARIANTS = {
     "CHTN, no pair constraint": {"loss.pair": 0.0},
     "CHTN, no shared layers": {"model.shared_layers": False},
 }
+QUALITY_JSON = os.path.join(HERE, "results", "quality.json")
 PUBLISHED = {"wikipedia": [("SCM (published, Rasiwasia et al. 2010)", 0.277, 0.226)]}
 
 
@@ -81,15 +82,22 @@ def summarise(runs: list) -> dict:
 
 
 def markdown_table(dataset: str, table: dict, counts: dict) -> str:
-    """The dataset's table; ``counts[method]`` = how many runs (seeds) its mean ± std is over."""
+    """The dataset's table; ``counts[method]`` = how many runs (seeds) its mean ± std is over.
+
+    The last column is each method's mean MAP minus CHTN's: an ablation's measured effect, whatever its sign.
+    """
     lines = [f"### {dataset}", "", "Test MAP@all, mean ± std over the runs counted (one per seed; the baselines are "
-             "deterministic, so one run).", "",
-             "| method | runs | I→T | T→I | mean |", "|---|---|---|---|---|"]
+             "deterministic, so one run). Δ = mean MAP minus CHTN's.", "",
+             "| method | runs | I→T | T→I | mean | Δ vs CHTN |", "|---|---|---|---|---|---|"]
+    reference = table["CHTN"]["map_avg"][0] if "CHTN" in table else None
     for method, scores in table.items():
         cells = [f"{scores[k][0]:.3f} ± {scores[k][1]:.3f}" for k in ("map_i2t", "map_t2i", "map_avg")]
-        lines.append(f"| {method} | {counts.get(method, '')} | " + " | ".join(cells) + " |")
+        delta = "" if reference is None or method == "CHTN" else f"{scores['map_avg'][0] - reference:+.3f}"
+        lines.append(f"| {method} | {counts.get(method, '')} | " + " | ".join(cells) + f" | {delta} |")
     for method, i2t, t2i in PUBLISHED.get(dataset, []):
-        lines.append(f"| {method} | published | {i2t:.3f} | {t2i:.3f} | {(i2t + t2i) / 2:.3f} |")
+        avg = (i2t + t2i) / 2
+        delta = "" if reference is None else f"{avg - reference:+.3f}"
+        lines.append(f"| {method} | published | {i2t:.3f} | {t2i:.3f} | {avg:.3f} | {delta} |")
     return "\n".join(lines)
 
 
@@ -98,19 +106,27 @@ def run_counts(entry: dict) -> dict:
 
 
 def plot(all_tables: dict, path: str) -> None:
+    """One horizontal bar chart per dataset: mean test MAP (± std over seeds), published anchors hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(all_tables), figsize=(6 * len(all_tables), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(all_tables), figsize=(6.5 * len(all_tables), 4), squeeze=False)
     for ax, (dataset, table) in zip(axes[0], all_tables.items()):
-        names = list(table)
-        means = [table[n]["map_avg"][0] for n in names]
-        stds = [table[n]["map_avg"][1] for n in names]
-        ax.barh(range(len(names)), means, xerr=stds, color=["C0" if n.startswith("CHTN") else "C7" for n in names])
+        names = list(table) + [name for name, _, _ in PUBLISHED.get(dataset, [])]
+        means = [table[n]["map_avg"][0] for n in table] + [(a + b) / 2 for _, a, b in PUBLISHED.get(dataset, [])]
+        stds = [table[n]["map_avg"][1] for n in table] + [0.0] * len(PUBLISHED.get(dataset, []))
+        colors = ["C0" if n.startswith("CHTN") else "C7" for n in table] + ["white"] * len(PUBLISHED.get(dataset, []))
+        bars = ax.barh(range(len(names)), means, xerr=stds, color=colors, edgecolor="C7")
+        for bar, name in zip(bars, names):
+            if "published" in name:
+                bar.set_hatch("//")
+        for y, (mean, std) in enumerate(zip(means, stds)):
+            ax.text(mean + std + 0.005, y, f"{mean:.3f}", va="center", fontsize=8)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
+        ax.set_xlim(0, max(means) * 1.15)
         ax.set_xlabel("test MAP@all (mean of I→T and T→I)")
         ax.set_title(dataset)
     fig.tight_layout()
@@ -119,27 +135,47 @@ def plot(all_tables: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, tables: dict, started: float) -> None:
-    report["seconds"] = round(time.time() - started, 1)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    previous_path = os.path.join(HERE, "results", "quality.json")
-    if os.path.exists(previous_path):
-        # Datasets measured by an earlier (or parallel) run with other --datasets are kept.
-        with open(previous_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        for name, entry in previous.get("datasets", {}).items():
-            if name not in report["datasets"]:
-                report["datasets"][name] = entry
-                tables[name] = entry["summary"]
-    write_json_atomic(os.path.join(HERE, "results", "quality.json"), report)
+def render_report(report: dict) -> None:
+    """``quality.png`` and the quality section of RESULTS.md from a report (the content of quality.json)."""
+    tables = {name: entry["summary"] for name, entry in report["datasets"].items()}
     plot(tables, os.path.join(HERE, "results", "quality.png"))
+    sections = []
+    for dataset, table in tables.items():
+        entry = report["datasets"][dataset]
+        backbone = entry.get("backbone") or {}
+        images = ("the shipped 128-d SIFT features" if backbone.get("name") in (None, "precomputed")
+                  else f"{backbone['name']} features ({backbone.get('feature_dim')}-d) of the raw images")
+        notes = [f"{entry['n_test']} test pairs; image side: {images}; texts: raw, as each method vectorises them."]
+        if not entry["runs"].get("CHTN, no source transfer"):
+            notes.append("No source-transfer ablation: with precomputed image features there is no ImageNet source "
+                         "domain to transfer from, so CHTN here already runs without it.")
+        if entry.get("baselines"):
+            settings = entry["baselines"]["cca_settings"]
+            notes.append(f"CCA settings chosen on a hold-out of the training pairs: {settings['n_components']} "
+                         f"directions, ridge {settings['reg']}, text reduced to {settings['text_components']} "
+                         f"LSA dimensions (hold-out MAP {entry['baselines']['cca_val_map_avg']:.3f}).")
+        sections.append(markdown_table(dataset, table, run_counts(entry)) + "\n\n" + " ".join(notes))
     body = "\n\n".join([
-        "## Quality", "",
-        f"Command: `{report['command']}` — {report['date']}, {report['machine']}, {report['seconds'] / 60:.0f} min.",
-        *[markdown_table(d, t, run_counts(report["datasets"][d])) for d, t in tables.items()],
+        "## Quality",
+        f"Command: `{report['command'].strip()}` — {report['date']}, {report['machine']}, {report['seconds'] / 60:.0f} min. "
+        "CHTN runs use each dataset's defaults (`chtn_tf/model/config.py`); ablations change one switch.",
+        *sections,
         "![quality](results/quality.png)",
     ])
     update_results_md("quality", body)
+
+
+def write_report(report: dict, started: float) -> None:
+    report["seconds"] = round(time.time() - started, 1)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    if os.path.exists(QUALITY_JSON):
+        # Datasets measured by an earlier (or parallel) run with other --datasets are kept.
+        with open(QUALITY_JSON, encoding="utf-8") as f:
+            previous = json.load(f)
+        for name, entry in previous.get("datasets", {}).items():
+            report["datasets"].setdefault(name, entry)
+    write_json_atomic(QUALITY_JSON, report)
+    render_report(report)
 
 
 def main(argv=None) -> int:
@@ -147,7 +183,13 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["wikipedia", "webnews"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--report-only", action="store_true",
+                        help="only redraw the plot and the RESULTS.md table from results/quality.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        with open(QUALITY_JSON, encoding="utf-8") as f:
+            render_report(json.load(f))
+        return 0
 
     from training.inputs import prepare_inputs
 
@@ -176,7 +218,7 @@ def main(argv=None) -> int:
         report["datasets"][dataset] = {"runs": runs, "summary": tables[dataset], "backbone": inputs.backbone,
                                        "n_test": len(inputs.dataset.splits["test"]), "baselines": baseline_details}
         print(markdown_table(dataset, tables[dataset], run_counts(report["datasets"][dataset])), flush=True)
-        write_report(report, tables, started)  # after each dataset: a long run keeps what it measured
+        write_report(report, started)  # after each dataset: a long run keeps what it measured
     return 0
 
 
