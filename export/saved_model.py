@@ -52,7 +52,7 @@ def image_signatures(model, info) -> tuple:
     if backbone_info["name"] == "precomputed":
         dim = int(backbone_info["feature_dim"])
         return {"serving_default": (lambda features: {"embedding": encoder(features, training=False)},
-                                    [tf.TensorSpec([None, dim], tf.float32, name="features")])}, [encoder]
+                                    [tf.TensorSpec([None, dim], tf.float32, name="features")])}, []
 
     from chtn_tf.backbones import HubImageLayer
 
@@ -71,14 +71,16 @@ def image_signatures(model, info) -> tuple:
     return {
         "serving_default": (embed_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")]),
         "serving_images": (embed_images, [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")]),
-    }, [encoder, backbone]
+    }, []
 
 
 def text_signatures(model) -> tuple:
     """``({signature name: (function, input signature)}, objects to track)`` of the text encoder."""
     encoder = model.text_encoder
+    # Only the vectoriser is tracked: its vocabulary table is not a variable, so the endpoint alone would leave
+    # it out; everything else is a variable the endpoint captures (see stage_version).
     return {"serving_default": (lambda text: {"embedding": encoder(text, training=False)},
-                                [tf.TensorSpec([None], tf.string, name="text")])}, [encoder]
+                                [tf.TensorSpec([None], tf.string, name="text")])}, [model.text_vectorizer]
 
 
 def saved_model_ops(path: str) -> set:
@@ -152,6 +154,10 @@ def stage_version(model_dir: str, version: int, signatures: dict, tracked: list,
 
     TF Serving loads only folders named by an integer, so the staged folder is never served;
     :func:`publish_versions` renames it into place.
+
+    ``tracked`` lists only what the endpoints cannot pull in by themselves (lookup tables): the variables an
+    endpoint captures are saved with it, and tracking a Keras layer as well would store each of its weights a
+    second time (keras-team/keras#23553: 2x the size on disk and in the server's memory).
 
     Raises:
         ValueError: the graph uses an op that is not a core TensorFlow op.

@@ -179,3 +179,23 @@ def test_verify_map_matches_a_hand_computation():
     queries = np.array([[1.0, 0.2], [1.0, 1.1]])
     got = verify.map_at_all(queries, np.array([0, 1]), gallery, np.array([0, 0, 1]))
     assert got == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def _stored_tensors(version_dir):
+    reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
+    return [reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")]
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_each_weight_is_stored_once(feature_run, kind):
+    # keras-team/keras#23553: tracking a layer in ExportArchive writes every weight twice.
+    model, _ = load_trained_model(feature_run["run"])
+    encoder = model.image_encoder if kind == "image" else model.text_encoder
+    stored = [t for t in _stored_tensors(feature_run["written"][kind]) if t.size > 1]
+    matrices = [t for t in stored if t.ndim == 2]
+    assert matrices, "no weight matrices stored"
+    for i, a in enumerate(matrices):
+        assert not any(a.shape == b.shape and np.array_equal(a, b) for b in matrices[i + 1:]), "a weight stored twice"
+    assert sum(t.size for t in stored) <= encoder.count_params() + sum(
+        int(np.prod(w.shape)) for w in model.text_vectorizer.weights)
