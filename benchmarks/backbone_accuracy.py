@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.report import backbones_section, update_results_md  # noqa: E402
+from benchmarks.report import backbones_section, machine, update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "backbones.json")
@@ -45,12 +44,6 @@ def update_results(section: str, value: dict) -> None:
     results[section] = value
     write_json_atomic(RESULTS, results)
     update_results_md("backbones", backbones_section(results))
-
-
-def machine() -> str:
-    """The machine, and its load when the run started (other jobs on the same cores slow timings down)."""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load}"
 
 
 def imagenette_val(data_dir: str):

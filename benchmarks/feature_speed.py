@@ -24,7 +24,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.backbone_accuracy import machine, update_results  # noqa: E402
+from benchmarks.backbone_accuracy import update_results  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
 
 
 def image_sets(data_dir: str, count: int) -> dict:

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import os
+import platform
 
 from chtn_tf.atomic import atomic_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
+
+
+def machine() -> str:
+    """The machine in words: CPU model, cores, memory, Python and TensorFlow versions, and its load when the
+    run started (other jobs on the same cores slow wall-clock timings down)."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if models:
+            cpu = f"{models[0]} ({platform.machine()})"
+    except OSError:
+        pass
+    memory = ""
+    try:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import tensorflow as tf
+        tf_version = f", TensorFlow {tf.__version__}"
+    except ImportError:
+        tf_version = ""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}{tf_version}, "
+            f"load average {load}")
 
 
 def update_results_md(section: str, body: str, path: str = RESULTS_MD) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.report import update_results_md  # noqa: E402
+from benchmarks.report import machine, update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
 from export.index import IVFIndex, exact_search, normalise, recall_at_k  # noqa: E402
 
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(row, flush=True)
     report = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/search.py " + " ".join(argv or sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}
+              "machine": machine(), "rows": rows}
     write_json_atomic(os.path.join(HERE, "results", "search.json"), report)
     lines = ["## Search at scale", "", f"Command: `{report['command']}` — {report['date']}, {report['machine']}; "
              f"{args.queries} single queries, top-10, random unit vectors of width {args.dim}.", "",

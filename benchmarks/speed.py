@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -180,7 +179,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(result))
         return 0
 
-    from benchmarks.report import update_results_md
+    from benchmarks.report import machine, update_results_md
     from chtn_tf.atomic import write_json_atomic
 
     results = {}
@@ -191,7 +190,7 @@ def main(argv=None) -> int:
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results[part] = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         print(part, results[part], flush=True)
-    report = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    report = {"date": datetime.date.today().isoformat(), "machine": machine(),
               "command": "python benchmarks/speed.py --run RUN --serving SERVING", "results": results}
     write_json_atomic(os.path.join(HERE, "results", "speed.json"), report)
     cached, loop = results["train_cached"], results["train_backbone"]

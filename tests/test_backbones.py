@@ -9,9 +9,8 @@ import tensorflow as tf
 from PIL import Image
 
 from chtn_tf.backbones import BackboneSpec, HubImageLayer, extract_features, resolve_backbone
-from chtn_tf.backbones.efficientnet_lite import build_lite0, write_hub_module
+from chtn_tf.backbones.efficientnet_lite import build_lite0, weights_file
 from chtn_tf.backbones.torch_weights import load_state_dict
-from chtn_tf.backbones.efficientnet_lite import weights_file
 
 
 def write_tiny_hub_module(path):

@@ -1,7 +1,6 @@
 """`python -m training.fit` end to end on a small Wikipedia-layout fixture: train, resume, evaluate, rebuild."""
 
 import json
-import os
 
 import numpy as np
 import pytest
