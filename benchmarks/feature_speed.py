@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks.backbone_accuracy import update_results  # noqa: E402
-from benchmarks.report import machine  # noqa: E402
+from benchmarks.report import command_line, machine  # noqa: E402
 
 
 def image_sets(data_dir: str, count: int) -> dict:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             print(name, {k: v for k, v in result["sets"][name].items() if "per_s" in k}, flush=True)
     result.update({"date": datetime.date.today().isoformat(), "machine": started_on,
                    "load_average_at_end": round(os.getloadavg()[0], 1),
-                   "command": "python benchmarks/feature_speed.py " + " ".join(argv or sys.argv[1:])})
+                   "command": command_line("feature_speed.py", sys.argv[1:] if argv is None else argv)})
     update_results("speed", result)
     return 0
 

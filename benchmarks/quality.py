@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from chtn_tf import baselines  # noqa: E402
-from benchmarks.report import machine, update_results_md  # noqa: E402
+from benchmarks.report import command_line, machine, update_results_md  # noqa: E402
 from chtn_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
 from chtn_tf.metrics.retrieval import evaluate_retrieval  # noqa: E402
 from chtn_tf.model.config import dataset_config  # noqa: E402
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     started = time.time()
     report = {"date": datetime.date.today().isoformat(), "seeds": args.seeds,
               "machine": machine(),
-              "command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]), "datasets": {}}
+              "command": command_line("quality.py", sys.argv[1:] if argv is None else argv), "datasets": {}}
     tables = {}
     for dataset in args.datasets:
         config = dataset_config(dataset)

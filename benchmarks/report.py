@@ -37,6 +37,11 @@ def machine() -> str:
             f"load average {load}")
 
 
+def command_line(script: str, argv) -> str:
+    """How a benchmark was invoked, for the results: ``python benchmarks/<script> [args]``."""
+    return " ".join(["python", f"benchmarks/{script}", *argv])
+
+
 def update_results_md(section: str, body: str, path: str = RESULTS_MD) -> None:
     """Replaces the text between ``<!-- section:begin -->`` and ``<!-- section:end -->`` (appends it if new).
 

@@ -19,7 +19,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.report import machine, update_results_md  # noqa: E402
+from benchmarks.report import command_line, machine, update_results_md  # noqa: E402
 from chtn_tf.atomic import write_json_atomic  # noqa: E402
 from export.index import IVFIndex, exact_search, normalise, recall_at_k  # noqa: E402
 
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=10, help="embedding width (fc10 of a 10-class run: 10)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--nprobe", type=int, default=8)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32],
+                        help="IVF cells probed per query; one row per value (recall against latency)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
@@ -49,15 +50,17 @@ def main(argv=None) -> int:
         ivf = IVFIndex(gallery, seed=0)
         build_s = time.perf_counter() - start
         exact_p50, exact_p99 = timed(lambda q: exact_search(gallery, q, 10), queries, args.queries)
-        ivf_p50, ivf_p99 = timed(lambda q: ivf.search(q, 10, nprobe=args.nprobe), queries, args.queries)
         exact_top, _ = exact_search(gallery, queries, 10)
-        approx_top, _ = ivf.search(queries, 10, nprobe=args.nprobe)
-        row = {"gallery": size, "dim": args.dim, "exact_p50_ms": exact_p50, "exact_p99_ms": exact_p99,
-               "ivf_p50_ms": ivf_p50, "ivf_p99_ms": ivf_p99, "ivf_cells": len(ivf.cells), "nprobe": args.nprobe,
-               "ivf_build_s": build_s, "ivf_recall_at_10": recall_at_k(approx_top, exact_top)}
-        rows.append(row)
-        print(row, flush=True)
-    report = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/search.py " + " ".join(argv or sys.argv[1:]),
+        for nprobe in args.nprobe:
+            ivf_p50, ivf_p99 = timed(lambda q: ivf.search(q, 10, nprobe=nprobe), queries, args.queries)
+            approx_top, _ = ivf.search(queries, 10, nprobe=nprobe)
+            row = {"gallery": size, "dim": args.dim, "exact_p50_ms": exact_p50, "exact_p99_ms": exact_p99,
+                   "ivf_p50_ms": ivf_p50, "ivf_p99_ms": ivf_p99, "ivf_cells": len(ivf.cells), "nprobe": nprobe,
+                   "ivf_build_s": build_s, "ivf_recall_at_10": recall_at_k(approx_top, exact_top)}
+            rows.append(row)
+            print(row, flush=True)
+    report = {"date": datetime.date.today().isoformat(),
+              "command": command_line("search.py", sys.argv[1:] if argv is None else argv),
               "machine": machine(), "rows": rows}
     write_json_atomic(os.path.join(HERE, "results", "search.json"), report)
     lines = ["## Search at scale", "", f"Command: `{report['command']}` — {report['date']}, {report['machine']}; "

@@ -157,10 +157,11 @@ def part_encoder_savedmodel(run_dir, serving_dir, data_dir):
     """The exported SavedModels (what TF Serving runs), loaded with tf.saved_model.load."""
     import tensorflow as tf
 
-    from export.verify import latest_version
+    from export.local import version_dirs
 
-    image = tf.saved_model.load(latest_version(os.path.join(serving_dir, "chtn_image"))).signatures["serving_default"]
-    text = tf.saved_model.load(latest_version(os.path.join(serving_dir, "chtn_text"))).signatures["serving_default"]
+    image_dir, text_dir = version_dirs(serving_dir)
+    image = tf.saved_model.load(image_dir).signatures["serving_default"]
+    text = tf.saved_model.load(text_dir).signatures["serving_default"]
     image_bytes, texts, _ = _inputs(data_dir)
     return _encoder_measure(lambda x: image(image_bytes=tf.constant(x))["embedding"].numpy(),
                             lambda x: text(text=tf.constant(x))["embedding"].numpy(), image_bytes, texts)
@@ -187,7 +188,11 @@ def main(argv=None) -> int:
         command = [sys.executable, os.path.abspath(__file__), "--run", args.run, "--serving", args.serving, "--part", part]
         if args.data_dir:
             command += ["--data-dir", args.data_dir]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        process = subprocess.run(command, capture_output=True, text=True)
+        if process.returncode != 0:
+            sys.stderr.write(process.stderr[-4000:])
+            raise SystemExit(f"speed part {part!r} failed (exit {process.returncode}); its error is above")
+        output = process.stdout
         results[part] = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
         print(part, results[part], flush=True)
     report = {"date": datetime.date.today().isoformat(), "machine": machine(),
@@ -208,6 +213,16 @@ def main(argv=None) -> int:
         for name, r in (("Keras model", keras_enc), ("exported SavedModel", saved)):
             lines.append(f"| {kind}, {name} | {r[kind]['batch1_p50_ms']:.1f} / {r[kind]['batch1_p99_ms']:.1f} | "
                          f"{r[kind]['batch64_items_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "Peak RSS of an encoder row is that of the process that ran both encoders of its kind."]
+    backbones = os.path.join(HERE, "results", "backbones.json")
+    if os.path.exists(backbones):
+        with open(backbones, encoding="utf-8") as f:
+            extraction = json.load(f).get("speed", {}).get("sets", {})
+        lines.append("")
+        for name, s in extraction.items():
+            lines.append(f"- Feature extraction ({name}, `benchmarks/feature_speed.py`): "
+                         f"{s['first_run_images_per_s']:.1f} img/s first run, {s['cached_run_images_per_s']:,} img/s "
+                         "from the feature cache.")
     update_results_md("speed", "\n".join(lines))
     return 0
 
