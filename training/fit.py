@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
                         help="switch off one part of CHTN")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars (the default when output is not a terminal)")
     return parser
 
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         print(f"  {len(dataset.dropped())} pairs dropped (see `python -m chtn_tf.data.inspect`): "
               f"{', '.join(dataset.dropped())}", flush=True)
     results = train_and_evaluate(config, inputs, run_dir, resume=not args.no_resume,
-                                 verbose=2 if args.quiet else "auto")
+                                 verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
     print()
     print(format_results(results))
     print(f"\nrun folder: {run_dir} (results.json, pr_curves.png, training_curves.png, logs/ for TensorBoard)")
