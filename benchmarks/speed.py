@@ -167,6 +167,29 @@ def part_encoder_savedmodel(run_dir, serving_dir, data_dir):
                             lambda x: text(text=tf.constant(x))["embedding"].numpy(), image_bytes, texts)
 
 
+def speed_section(report: dict) -> str:
+    """The RESULTS.md section for a speed report (the content of ``benchmarks/results/speed.json``)."""
+    results = report["results"]
+    cached, loop = results["train_cached"], results["train_backbone"]
+    keras_enc, saved = results["encoder_keras"], results["encoder_savedmodel"]
+    lines = [
+        "## Speed", "", f"Command: `{report['command']}` (a Web News run and its export) — {report['date']}, "
+        f"{report['machine']}. Medians; each part in its own process (peak RSS is that process's).", "",
+        "| training | pairs/s | step (ms) | peak RSS (MB) |", "|---|---|---|---|",
+        f"| cached backbone features (default) | {cached['pairs_per_s']:.0f} | {cached['step_ms_p50']:.0f} | {cached['peak_rss_mb']:.0f} |",
+        f"| frozen backbone in the loop | {loop['pairs_per_s']:.1f} | {loop['step_ms_p50']:.0f} | {loop['peak_rss_mb']:.0f} |",
+        f"| ratio | {cached['pairs_per_s'] / loop['pairs_per_s']:.0f}x | | |", "",
+        "| encoder | batch 1 p50 / p99 (ms) | batch 64 items/s | peak RSS (MB) |", "|---|---|---|---|",
+    ]
+    for kind in ("image", "text"):
+        for name, r in (("Keras model", keras_enc), ("exported SavedModel", saved)):
+            lines.append(f"| {kind}, {name} | {r[kind]['batch1_p50_ms']:.1f} / {r[kind]['batch1_p99_ms']:.1f} | "
+                         f"{r[kind]['batch64_items_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "Peak RSS of an encoder row is that of the process that ran both encoders of its kind. Feature "
+              "extraction speed (first run and cached) is in the backbone section (`benchmarks/feature_speed.py`)."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
@@ -198,32 +221,7 @@ def main(argv=None) -> int:
     report = {"date": datetime.date.today().isoformat(), "machine": machine(),
               "command": "python benchmarks/speed.py --run RUN --serving SERVING", "results": results}
     write_json_atomic(os.path.join(HERE, "results", "speed.json"), report)
-    cached, loop = results["train_cached"], results["train_backbone"]
-    keras_enc, saved = results["encoder_keras"], results["encoder_savedmodel"]
-    lines = [
-        "## Speed", "", f"Command: `{report['command']}` (a Web News run and its export) — {report['date']}, "
-        f"{report['machine']}. Medians; each part in its own process (peak RSS is that process's).", "",
-        "| training | pairs/s | step (ms) | peak RSS (MB) |", "|---|---|---|---|",
-        f"| cached backbone features (default) | {cached['pairs_per_s']:.0f} | {cached['step_ms_p50']:.0f} | {cached['peak_rss_mb']:.0f} |",
-        f"| frozen backbone in the loop | {loop['pairs_per_s']:.1f} | {loop['step_ms_p50']:.0f} | {loop['peak_rss_mb']:.0f} |",
-        f"| ratio | {cached['pairs_per_s'] / loop['pairs_per_s']:.0f}x | | |", "",
-        "| encoder | batch 1 p50 / p99 (ms) | batch 64 items/s | peak RSS (MB) |", "|---|---|---|---|",
-    ]
-    for kind in ("image", "text"):
-        for name, r in (("Keras model", keras_enc), ("exported SavedModel", saved)):
-            lines.append(f"| {kind}, {name} | {r[kind]['batch1_p50_ms']:.1f} / {r[kind]['batch1_p99_ms']:.1f} | "
-                         f"{r[kind]['batch64_items_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", "Peak RSS of an encoder row is that of the process that ran both encoders of its kind."]
-    backbones = os.path.join(HERE, "results", "backbones.json")
-    if os.path.exists(backbones):
-        with open(backbones, encoding="utf-8") as f:
-            extraction = json.load(f).get("speed", {}).get("sets", {})
-        lines.append("")
-        for name, s in extraction.items():
-            lines.append(f"- Feature extraction ({name}, `benchmarks/feature_speed.py`): "
-                         f"{s['first_run_images_per_s']:.1f} img/s first run, {s['cached_run_images_per_s']:,} img/s "
-                         "from the feature cache.")
-    update_results_md("speed", "\n".join(lines))
+    update_results_md("speed", speed_section(report))
     return 0
 
 

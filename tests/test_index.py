@@ -48,7 +48,8 @@ def test_image_query_finds_texts_as_ranked_by_the_saved_models(image_run, tmp_pa
     np.testing.assert_allclose([r["score"] for r in rows], want_scores, rtol=1e-5, atol=1e-6)
     assert [r["kind"] for r in rows] == ["text"] * 4 and [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert all(r["label"] in ("red", "green", "blue") for r in rows)
-    assert meta["image_model"] == image_run["written"]["image"] and meta["ivf"]["nprobe"] == retrieval_index.DEFAULT_NPROBE == 32
+    assert meta["image_model"] == image_run["written"]["image"]
+    assert meta["ivf"]["nprobe"] == retrieval_index.DEFAULT_NPROBE == 32
 
 
 def test_text_query_on_a_features_index_and_the_cli(feature_run, tmp_path, capsys):

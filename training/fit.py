@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
                         help="switch off one part of CHTN")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars (the default when output is not a terminal)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="one line per epoch instead of progress bars (the default when output is not a terminal)")
     return parser
 
 
