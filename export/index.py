@@ -129,12 +129,30 @@ def write_shards(vectors: np.ndarray, kind: str, folder: str, name: str, *, shar
 
 def open_index(paths: list, kind: str, *, mmap: bool = True) -> faiss.Index:
     """The index files of one gallery, searched as one index (shard ids follow on: shard 1 starts after
-    shard 0's rows). Memory-mapped unless ``mmap`` is false."""
+    shard 0's rows). Memory-mapped unless ``mmap`` is false.
+
+    IVF shards (written by :func:`write_shards`, one coarse quantizer for all) are joined by
+    ``faiss.IndexShardsIVF``, which assigns a query to its cells once for all shards; others by
+    ``faiss.IndexShards``.
+
+    Raises:
+        ValueError: IVF shard files whose coarse quantizers differ (not written together).
+    """
     flags = (_MMAP_FLAGS[kind] | faiss.IO_FLAG_READ_ONLY) if mmap else 0
     shards = [faiss.read_index(path, flags) for path in paths]
     if len(shards) == 1:
         return shards[0]
-    joined = faiss.IndexShards(shards[0].d, False, True)  # not threaded; successive ids
+    if kind == "ivf":
+        quantizer = faiss.downcast_index(shards[0].quantizer)
+        centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+        for path, shard in zip(paths[1:], shards[1:]):
+            if shard.nlist != shards[0].nlist or not np.array_equal(
+                    shard.quantizer.reconstruct_n(0, shard.quantizer.ntotal), centroids):
+                raise ValueError(f"{path} has other IVF cells than {paths[0]}: the shard files of one gallery must "
+                                 f"be written together (python -m export.index build)")
+        joined = faiss.IndexShardsIVF(quantizer, shards[0].nlist, False, True)  # not threaded; successive ids
+    else:
+        joined = faiss.IndexShards(shards[0].d, False, True)
     for shard in shards:
         joined.add_shard(shard)
     return joined
@@ -146,6 +164,11 @@ def set_search_parameters(index: faiss.Index, *, nprobe: int | None = None, ef_s
     if nprobe is not None:
         if nprobe < 1:
             raise ValueError(f"nprobe must be at least 1, got {nprobe}")
+        first = index.at(0) if isinstance(index, faiss.IndexShards) else index
+        try:  # at most every cell (IndexShardsIVF does not clamp nprobe itself)
+            nprobe = min(nprobe, faiss.extract_index_ivf(first).nlist)
+        except RuntimeError:
+            pass  # not an IVF index: ParameterSpace ignores nprobe
         space.set_index_parameter(index, "nprobe", int(nprobe))
     if ef_search is not None:
         if ef_search < 1:
