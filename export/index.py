@@ -15,7 +15,8 @@ validation fraction and reader options, from ``config.json``), so ``--split test
 
 Embeddings are unit-normalised, so inner product = cosine. Galleries larger than ``--shard-size`` rows are
 written as several files per index (shards; the IVF shards share one trained coarse quantizer); ``query``
-memory-maps the shards and searches them as one ``faiss.IndexShards``, so a gallery need not fit in memory.
+memory-maps the shards and searches them as one index (``faiss.IndexShardsIVF`` / ``faiss.IndexShards``), so a
+gallery need not fit in memory.
 ``build`` measures the approximate index's recall@10 against exact search (the other modality's embeddings
 as queries; tied scores count as found, see :func:`measure_recall`) and records it in ``index.json``.
 """
@@ -33,7 +34,6 @@ import faiss
 import numpy as np
 
 INDEX_FILE = "index.json"
-GALLERIES = ("images", "texts")
 APPROXIMATE_KINDS = ("ivf", "hnsw")
 # IVF: cells probed per query; recall@10 >= 0.99 at 10^5..10^7 items in benchmarks/search.py (RESULTS.md).
 DEFAULT_NPROBE = 32
@@ -163,7 +163,7 @@ def set_search_parameters(index: faiss.Index, *, nprobe: int | None = None, ef_s
     space = faiss.ParameterSpace()
     if nprobe is not None:
         if nprobe < 1:
-            raise ValueError(f"nprobe must be at least 1, got {nprobe}")
+            raise ValueError(f"--nprobe must be at least 1, got {nprobe}")
         first = index.at(0) if isinstance(index, faiss.IndexShards) else index
         try:  # at most every cell (IndexShardsIVF does not clamp nprobe itself)
             nprobe = min(nprobe, faiss.extract_index_ivf(first).nlist)
@@ -172,7 +172,7 @@ def set_search_parameters(index: faiss.Index, *, nprobe: int | None = None, ef_s
         space.set_index_parameter(index, "nprobe", int(nprobe))
     if ef_search is not None:
         if ef_search < 1:
-            raise ValueError(f"ef_search must be at least 1, got {ef_search}")
+            raise ValueError(f"--ef-search must be at least 1, got {ef_search}")
         space.set_index_parameter(index, "efSearch", int(ef_search))
 
 
@@ -249,8 +249,10 @@ def build(serving: str, out: str, *, run=None, dataset=None, manifest=None, data
 
     if approximate not in APPROXIMATE_KINDS:
         raise ValueError(f"--approximate-kind must be one of {', '.join(APPROXIMATE_KINDS)}, got {approximate!r}")
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    for flag, value, least in (("--shard-size", shard_size, 1), ("--cells", cells, 1), ("--nprobe", nprobe, 1),
+                               ("--hnsw-m", hnsw_m, 2), ("--ef-search", ef_search, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
     data, ids, texts, labels, paths, features, dropped = read_gallery(split, run=run, dataset=dataset,
                                                                       manifest=manifest, data_dir=data_dir)
     if not ids:
@@ -344,8 +346,9 @@ def query(index: str, *, text: str | None = None, image: str | None = None, k: i
         vector, gallery, kind = encoders.embed_image_files([image]), "texts", "text"
     index_kind = meta["approximate"]["kind"] if approximate else "exact"
     searcher = open_index([os.path.join(index, f) for f in meta["files"][gallery][index_kind]], index_kind)
-    set_search_parameters(searcher, **_search_parameters(index_kind, nprobe or meta["approximate"]["nprobe"],
-                                                         ef_search or meta["approximate"]["ef_search"]))
+    set_search_parameters(searcher, **_search_parameters(
+        index_kind, meta["approximate"]["nprobe"] if nprobe is None else nprobe,
+        meta["approximate"]["ef_search"] if ef_search is None else ef_search))
     scores, indices = searcher.search(normalise(vector), min(k, searcher.ntotal))
     rows = []
     for i, score in zip(indices[0].tolist(), scores[0].tolist()):

@@ -126,6 +126,11 @@ def test_query_misuse_is_refused_with_exit_code_2(wiki_index, tmp_path, capsys):
     assert "-k must be at least 1" in capsys.readouterr().err
     assert retrieval_index.main(["query", "--index", wiki_index, "--image", str(tmp_path / "no.jpg")]) == 2
     assert "no.jpg: no such file" in capsys.readouterr().err
+    assert retrieval_index.main(["query", "--index", wiki_index, "--text", "x", "--approximate", "--nprobe", "0"]) == 2
+    assert "--nprobe must be at least 1, got 0" in capsys.readouterr().err
+    assert retrieval_index.main(["build", "--serving", "nowhere", "--dataset", "wikipedia", "--cells", "0",
+                                 "--out", str(tmp_path / "i")]) == 2
+    assert "--cells must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_build_reads_the_runs_own_split(feature_run, tmp_path, capsys):
@@ -252,7 +257,7 @@ def test_shards_searched_as_one_index(tmp_path):
     whole_scores, whole_ids = whole.search(queries, 10)
     np.testing.assert_allclose(scores, whole_scores, atol=TOLERANCE, rtol=0)
     assert retrieval_index.recall_at_k(ids, whole_ids) > 0.99  # same items (up to the order of exact ties)
-    with pytest.raises(ValueError, match="nprobe must be at least 1"):
+    with pytest.raises(ValueError, match="--nprobe must be at least 1"):
         retrieval_index.set_search_parameters(index, nprobe=0)
     # A shard of another build (other cells) is refused.
     retrieval_index.write_shards(gallery[:100], "ivf", str(tmp_path), "other", cells=8)
