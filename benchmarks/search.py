@@ -288,7 +288,10 @@ def run_gallery(source, kind: str, n: int, args, *, before=None) -> list:
         out.append({**base, "index": name, "setting": "", "not_measured": "build time (see below)"})
         print(json.dumps(out[-1]), flush=True)
 
-    if before is not None and dim <= 16:
+    if before is not None and dim <= 16 and n > args.before_max_items:
+        out.append(before_skipped(base, n))
+        print(json.dumps(out[-1]), flush=True)
+    elif before is not None and dim <= 16:
         start = time.perf_counter()
         ivf = before.IVFIndex(gallery, seed=0)
         build_s = time.perf_counter() - start
@@ -300,6 +303,13 @@ def run_gallery(source, kind: str, n: int, args, *, before=None) -> list:
             print(json.dumps(row), flush=True)
             out.append(row)
     return out
+
+
+def before_skipped(base: dict, n: int) -> dict:
+    cells = default_cells(n)
+    return {**base, "index": "hand-written IVF (before FAISS)", "setting": "", "not_measured": (
+        f"its numpy k-means scores its whole training sample against every cell at once: a {64 * cells:,} x "
+        f"{cells:,} float32 array, {64 * cells * cells * 4 / 2 ** 30:.0f} GiB at this size (past --before-max-items)")}
 
 
 def run_streamed_gallery(source, kind: str, n: int, args) -> list:
@@ -527,6 +537,10 @@ def main(argv=None) -> int:
     parser.add_argument("--before", metavar="DIR", help="a checkout whose export/index.py has the hand-written "
                                                         "IVFIndex (e.g. git worktree add DIR 06bbaba): measured on "
                                                         "the 10-d galleries too")
+    parser.add_argument("--before-max-items", type=int, default=1_000_000,
+                        help="largest gallery the hand-written IVF is built for (its k-means needs ~256·cells² bytes)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the galleries already measured (results/search.partial.json) by a run that stopped")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the RESULTS.md section from results/search.json, measuring nothing")
     args = parser.parse_args(argv)
@@ -543,18 +557,28 @@ def main(argv=None) -> int:
     for dim, name in ((1024, "fc9"), (10, "fc10")):
         synthetic = ClusteredCodes(stats[dim], blobs=200, seed=1).block(0, 0, summary[name]["codes"])
         check[name] = neighbourhood(synthetic)
+    partial_path = os.path.join(HERE, "results", "search.partial.json")
+    done = {}
+    if args.resume and os.path.exists(partial_path):
+        with open(partial_path, encoding="utf-8") as f:
+            done = json.load(f)["units"]
     rows_out = []
     for dim in args.dims:
         for kind in args.galleries:
             source = ClusteredCodes(stats[dim], blobs=args.blobs) if kind == "clustered" else RandomCodes(dim)
             for n in args.sizes:
-                rows_out += run_gallery(source, kind, n, args, before=before)
+                unit = f"{dim}/{kind}/{n}"
+                if unit not in done:  # each finished gallery is saved, so --resume after a crash redoes only the rest
+                    done[unit] = run_gallery(source, kind, n, args, before=before)
+                    write_json_atomic(partial_path, {"units": done})
+                rows_out += done[unit]
     report = {"date": datetime.date.today().isoformat(),
               "command": command_line("search.py", sys.argv[1:] if argv is None else argv), "machine": machine(),
               "queries": args.queries, "blobs": args.blobs, "statistics": summary, "synthetic_check": check,
               "rows": rows_out}
     write_json_atomic(os.path.join(HERE, "results", "search.json"), report)
     update_results_md("search", section(report))
+    os.remove(partial_path)
     return 0
 
 
