@@ -500,7 +500,7 @@ def acceptance_lines(rows: list) -> list:
         before = [r for r in group if r["index"].startswith("hand-written")]
         for old in before:
             match = [r for r in group if not r["index"].startswith(("hand-written", "exact"))
-                     and r["recall_at_10"] >= old["recall_at_10"] - 0.002]
+                     and r["recall_at_10"] >= old["recall_at_10"]]
             if match:
                 best = min(match, key=lambda r: r["p50_ms"])
                 lines.append(f"At 10^6 {gallery} 10-d codes, the hand-written IVF ({old['setting']}, recall@10 "
