@@ -63,7 +63,8 @@ class CHTNModel(keras.Model):
         self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
                                                dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
                                                name="image_branch")
-        self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout)
+        self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout,
+                                            input_norm=model_cfg.text_input_norm)
         fc7_width = model_cfg.branch_widths[1]
         if model_cfg.shared_layers:
             self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths)

@@ -67,6 +67,7 @@ class ModelConfig:
     dropout: float = 0.0
     shared_layers: bool = True
     image_input_bn: bool = True
+    text_input_norm: str = "batchnorm"
 
     def __post_init__(self):
         self.branch_widths = tuple(int(w) for w in self.branch_widths)
