@@ -3,7 +3,7 @@
     python -m export.index build --serving SERVING_DIR --dataset webnews [--split test] --out INDEX
     python -m export.index build --serving SERVING_DIR --manifest pairs.csv --split all --out INDEX
     python -m export.index query --index INDEX --text "国庆长假" -k 10 [--approximate --nprobe 32]
-    python -m export.index query --index INDEX --image photo.jpg -k 10
+    python -m export.index query --index INDEX --image photo.jpg -k 10 [--html matches.html]
 
 ``build`` embeds a gallery's images and texts with one exported version (the highest unless ``--version``)
 and writes, atomically, ``INDEX/index.json`` (versions used, ids, labels, class names) and
@@ -215,7 +215,8 @@ def query(index: str, *, text: str | None = None, image: str | None = None, k: i
           approximate: bool = False, nprobe: int | None = None) -> list:
     """Top ``k`` matches of a text (among the gallery's images) or an image file (among its texts).
 
-    Returns rows ``{"rank", "id", "score", "label", "kind", "item"}``, best first.
+    Returns rows ``{"rank", "id", "score", "label", "kind", "item", "image_path", "text"}``, best first
+    (``image_path``: the pair's image file or None; ``text``: its text, first 200 characters).
     """
     from export.local import ExportedEncoders
 
@@ -256,7 +257,9 @@ def query(index: str, *, text: str | None = None, image: str | None = None, k: i
         else:
             shown = " ".join(meta["texts"][i].split())[:60]  # one line per match
         rows.append({"rank": len(rows) + 1, "id": meta["ids"][i], "score": float(score),
-                     "label": meta["class_names"][int(saved["labels"][i])], "kind": kind, "item": shown})
+                     "label": meta["class_names"][int(saved["labels"][i])], "kind": kind, "item": shown,
+                     "image_path": meta["image_paths"][i] if meta["image_paths"] else None,
+                     "text": meta["texts"][i]})
     return rows
 
 
@@ -282,6 +285,7 @@ def main(argv=None) -> int:
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--approximate", action="store_true", help="IVF search instead of exact")
     q.add_argument("--nprobe", type=int, help="IVF cells scanned (default: the build's)")
+    q.add_argument("--html", metavar="FILE", help="also write the matches as a page (thumbnails embedded)")
     args = parser.parse_args(argv)
 
     from chtn_tf.data.types import DatasetError
@@ -300,6 +304,13 @@ def main(argv=None) -> int:
                          nprobe=args.nprobe)
             for row in rows:
                 print(f"{row['rank']:>3}  {row['score']:.4f}  {row['label']:<20} {row['id']:<12} {row['item']}")
+            if args.html:
+                from chtn_tf.metrics.examples_page import matches_section, write_examples_page
+
+                write_examples_page(args.html, [matches_section(rows, text=args.text, image=args.image)],
+                                    title="chtn index query", notes=[f"index {os.path.abspath(args.index)}, "
+                                                                     f"top {args.k}, cosine scores"])
+                print(f"page written to {args.html}")
     except (FileNotFoundError, ValueError, DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -168,3 +168,48 @@ def test_misaligned_inputs_are_a_clear_error():
                        class_names=CLASSES)
     with pytest.raises(ValueError, match="modality"):
         Item("audio", "a")
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    from tests import fixtures_export
+
+    return fixtures_export.image_run(tmp_path_factory)
+
+
+def test_index_query_writes_the_page_of_its_matches(image_run, tmp_path, capsys):
+    import csv
+
+    from export import index as retrieval_index
+
+    out = str(tmp_path / "index")
+    assert retrieval_index.main(["build", "--serving", image_run["serving"], "--manifest", image_run["manifest"],
+                                 "--split", "test", "--out", out]) == 0
+    with open(image_run["manifest"], encoding="utf-8") as f:
+        label_of_text = {row["text"]: row["label"] for row in csv.DictReader(f) if row["split"] == "test"}
+    page = tmp_path / "text.html"
+    assert retrieval_index.main(["query", "--index", out, "--text", "grass leaf green", "-k", "4",
+                                 "--html", str(page)]) == 0
+    assert f"page written to {page}" in capsys.readouterr().out
+    rows = retrieval_index.query(out, text="grass leaf green", k=4)
+    (section,) = parse_examples_page(page)["sections"]
+    (query,) = section["queries"]
+    assert section["title"] == "Text → image" and query["item"]["text"] == "grass leaf green"
+    assert "ap" not in query["item"]  # an ad-hoc query has no class: no AP, no marks
+    assert [r["id"] for r in query["results"]] == [r["id"] for r in rows]
+    assert [float(r["score"]) for r in query["results"]] == pytest.approx([r["score"] for r in rows], abs=6e-4)
+    for shown, row in zip(query["results"], rows):
+        assert shown["label"] == row["label"] and shown["mark"] == "" and len(shown["images"]) == 1
+        image = Image.open(io.BytesIO(base64.b64decode(shown["images"][0]["src"].split(",", 1)[1])))
+        assert image.size[0] > 0
+
+    query_file = str(image_run["root"] / "data" / "img" / "green6.png")
+    page = tmp_path / "image.html"
+    assert retrieval_index.main(["query", "--index", out, "--image", query_file, "-k", "3", "--html", str(page)]) == 0
+    (section,) = parse_examples_page(page)["sections"]
+    (query,) = section["queries"]
+    assert section["title"] == "Image → text" and len(query["item"]["images"]) == 1
+    assert query["item"]["id"] == "green6.png"
+    assert len(query["results"]) == 3
+    for shown in query["results"]:
+        assert label_of_text[shown["text"]] == shown["label"]  # each text shown with its own class

@@ -165,6 +165,23 @@ def split_examples(image_codes, text_codes, labels, *, ids, texts, class_names, 
     return sections
 
 
+def matches_section(matches: Sequence[dict], *, text: Optional[str] = None, image: Optional[str] = None) -> Section:
+    """The section of one ad-hoc query (a ``text`` or an ``image`` file) and its ranked ``matches``.
+
+    ``matches``: best first, dicts with ``id``, ``score``, ``label`` (class name), ``kind`` (``"image"`` or
+    ``"text"``: what was found), ``image_path`` (None for a features gallery) and ``text`` (the pair's
+    text), as :func:`export.index.query` returns them. The query has no class: no marks, no AP.
+    """
+    if (text is None) == (image is None):
+        raise ValueError("matches_section: give exactly one of text or image")
+    query = Item("text", "query", text=text) if text is not None else \
+        Item("image", os.path.basename(image), image_path=image)
+    results = [Result(Item(m["kind"], str(m["id"]), m["label"], text=m.get("text"),
+                           image_path=m.get("image_path")), float(m["score"])) for m in matches]
+    title = "Text → image" if text is not None else "Image → text"
+    return Section(title, [Query(query, results)])
+
+
 def write_examples_page(path: str, sections: Sequence[Section], *, title: str, notes: Sequence[str] = ()) -> dict:
     """Renders ``sections`` as one self-contained HTML file at ``path`` (written atomically).
 
