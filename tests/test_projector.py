@@ -79,11 +79,11 @@ def test_tensorboard_projector_serves_the_embeddings_metadata_and_sprite(tmp_pat
 
     metadata = client.get("/data/plugin/projector/metadata", query_string={"run": run, "name": name})
     rows = [line.split("\t") for line in metadata.get_data().decode("utf-8").splitlines()]
-    assert rows[0] == ["modality", "class", "id", "text"]
+    assert rows[0] == ["class", "modality", "id", "text"]
     assert len(rows) - 1 == values.shape[0]  # one metadata row per tensor row, after the header
     for k, row in enumerate(rows[1:]):
         i = k % 10
-        assert row[:3] == ["image" if k < 10 else "text", CLASSES[i % 3], f"id{i}"]
+        assert row[:3] == [CLASSES[i % 3], "image" if k < 10 else "text", f"id{i}"]
         assert row[3] == f"first second third {i} " + "词" * (60 - len(f"first second third {i} ")) + "…"
 
     sprite = client.get("/data/plugin/projector/sprite_image", query_string={"run": run, "name": name})

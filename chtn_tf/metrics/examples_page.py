@@ -30,8 +30,8 @@ QUERIES_PER_DIRECTION = 8
 TOP_K = 5
 QUERY_THUMBNAIL = 176  # px, longest side
 RESULT_THUMBNAIL = 128
-QUERY_TEXT_CHARS = 320
-RESULT_TEXT_CHARS = 150
+QUERY_TEXT_CHARS = 140
+RESULT_TEXT_CHARS = 110
 TOOLTIP_TEXT_CHARS = 2000
 
 
@@ -278,7 +278,7 @@ class _Renderer:
         return (f'<li class="result {verdict}">'
                 f'<div class="head"><span class="rank">#{rank}</span>'
                 f'<span class="mark" title="{why}">{mark}</span>'
-                f'<span class="score" title="cosine similarity">{result.score:.3f}</span></div>'
+                f'<span class="score" title="cosine similarity">{result.score:.4f}</span></div>'
                 f"{self._content(item, size=RESULT_THUMBNAIL, chars=RESULT_TEXT_CHARS)}"
                 f'<div class="meta"><span class="label">{label}</span> <span class="id">{_e(item.id)}</span>'
                 f"</div></li>")
@@ -292,14 +292,14 @@ h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;margin:28px 0 10px;border-bot
 .query{display:flex;gap:16px;align-items:flex-start;background:#fff;border:1px solid #ddd;border-radius:6px;
 padding:10px;margin:10px 0}
 .query-item{flex:0 0 200px;width:200px}.kind{font-size:11px;text-transform:uppercase;color:#888}
-.query-item .text{font-size:13px;max-height:12em;overflow:hidden}
-.results{display:flex;gap:10px;list-style:none;padding:0;margin:0;flex-wrap:wrap}
-.result{width:150px;border:2px solid #ccc;border-radius:5px;padding:5px;background:#fff}
+.query-item .text{font-size:13px}
+.results{flex:1;display:grid;grid-template-columns:repeat(5,minmax(0,1fr));gap:10px;list-style:none;padding:0;margin:0}
+.result{border:2px solid #ccc;border-radius:5px;padding:5px;background:#fff}
 .result.right{border-color:#2e9b4f}.result.wrong{border-color:#d0453a}
 .head{display:flex;justify-content:space-between;font-size:12px;color:#555}
 .mark{font-weight:bold;font-size:15px}.right .mark{color:#2e9b4f}.wrong .mark{color:#d0453a}
-.result .text{font-size:12px;max-height:9em;overflow:hidden;margin:4px 0}
-.meta{font-size:12px;color:#444;margin-top:3px;word-break:break-all}
+.result .text{font-size:12px;margin:4px 0}
+.meta{font-size:12px;color:#444;margin-top:3px;overflow-wrap:anywhere}
 .label{font-weight:600}.id{color:#888}.ap{color:#225;font-weight:600}
 img{display:block;margin:3px 0;border-radius:3px}
 .noimage{display:flex;flex-direction:column;justify-content:center;align-items:center;text-align:center;

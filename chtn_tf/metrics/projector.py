@@ -5,8 +5,8 @@ tab shows the embeddings (PCA, t-SNE, UMAP; colour by modality or class, search 
 
 - ``embeddings.tsv``: one row per point, the unit-normalised common-representation code (images first,
   then the texts of the same pairs in the same order), tab-separated;
-- ``metadata.tsv``: a header row, then per point its modality, class, pair id and the first words of the
-  pair's text;
+- ``metadata.tsv``: a header row, then per point its class (the label shown by default), modality, pair
+  id and the first words of the pair's text;
 - ``sprite.jpg``: a thumbnail per point (the photo for an image, a text tile for a text), when the images
   are files;
 - ``projector_config.pbtxt``: the :class:`tensorboard.plugins.projector.ProjectorConfig` tying them together,
@@ -128,10 +128,10 @@ def write_projector(log_dir: str, *, image_codes, text_codes, labels, class_name
     try:
         np.savetxt(os.path.join(tmp, TENSOR_FILE), codes, fmt="%.6g", delimiter="\t")
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-            f.write("modality\tclass\tid\ttext\n")
+            f.write("class\tmodality\tid\ttext\n")  # the first column labels the points
             for modality in ("image", "text"):
                 for i in keep.tolist():
-                    f.write("\t".join([modality, _tsv_cell(class_names[int(labels[i])]), _tsv_cell(ids[i]),
+                    f.write("\t".join([_tsv_cell(class_names[int(labels[i])]), modality, _tsv_cell(ids[i]),
                                        _tsv_cell(first_words(texts[i]))]) + "\n")
         config = projector.ProjectorConfig()
         embedding = config.embeddings.add()
