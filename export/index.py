@@ -396,9 +396,10 @@ def main(argv=None) -> int:
             if args.html:
                 from chtn_tf.metrics.examples_page import matches_section, write_examples_page
 
+                search = "approximate" if args.approximate else "exact"
                 write_examples_page(args.html, [matches_section(rows, text=args.text, image=args.image)],
-                                    title="chtn index query", notes=[f"index {os.path.abspath(args.index)}, "
-                                                                     f"top {args.k}, cosine scores"])
+                                    title="chtn index query",
+                                    notes=[f"index {os.path.abspath(args.index)}: top {args.k} by cosine, {search} search"])
                 print(f"page written to {args.html}")
     except (FileNotFoundError, ValueError, DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -174,7 +174,7 @@ def matches_section(matches: Sequence[dict], *, text: Optional[str] = None, imag
     """
     if (text is None) == (image is None):
         raise ValueError("matches_section: give exactly one of text or image")
-    query = Item("text", "query", text=text) if text is not None else \
+    query = Item("text", "", text=text) if text is not None else \
         Item("image", os.path.basename(image), image_path=image)
     results = [Result(Item(m["kind"], str(m["id"]), m["label"], text=m.get("text"),
                            image_path=m.get("image_path")), float(m["score"])) for m in matches]
@@ -257,8 +257,9 @@ class _Renderer:
     def query(self, query: Query) -> str:
         item = query.item
         meta = [f'<span class="label">{_e(item.label)}</span>' if item.label is not None
-                else '<span class="label unknown">class unknown</span>',
-                f'<span class="id">{_e(item.id)}</span>']
+                else '<span class="label unknown">ad-hoc query</span>']
+        if item.id:
+            meta.append(f'<span class="id">{_e(item.id)}</span>')
         if query.average_precision is not None:
             meta.append(f'<span class="ap">AP {query.average_precision:.3f}</span>')
         results = "".join(self.result(query, result, rank) for rank, result in enumerate(query.results, 1))
