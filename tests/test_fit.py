@@ -106,6 +106,29 @@ def test_run_folder_rebuilds_the_model_and_reproduces_test_map(fixture_run):
     assert info["class_names"] == CLASSES
 
 
+def test_run_writes_examples_page_and_projector_for_a_feature_only_dataset(fixture_run):
+    run_dir, _, root = fixture_run
+    from chtn_tf.data import load_dataset
+    from tests.fixtures_pages import parse_examples_page
+
+    page = parse_examples_page(run_dir / "examples.html")
+    assert page["images"] == []  # SIFT features: image ids instead of thumbnails
+    model, _ = load_trained_model(str(run_dir))
+    test = load_dataset("wikipedia", data_dir=str(root / "data")).splits["test"]
+    codes = {"image": model.encode_images(test.image_features), "text": model.encode_texts(test.texts)}
+    for section, (query_side, gallery_side) in zip(page["sections"], (("image", "text"), ("text", "image"))):
+        assert len(section["queries"]) == 8 and all(len(q["results"]) == 5 for q in section["queries"])
+        for query in section["queries"]:
+            q = test.ids.index(query["item"]["id"])
+            ap = mean_average_precision(codes[query_side][q:q + 1], test.labels[q:q + 1], codes[gallery_side],
+                                        test.labels)
+            assert float(query["item"]["ap"].split()[1]) == pytest.approx(ap, abs=6e-4)
+            if query_side == "image":
+                assert query["item"]["noimage"].startswith(f"image {query['item']['id']}")
+    projector = (run_dir / "logs" / "projector" / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(projector) == 1 + 2 * len(test.ids)
+
+
 def test_config_override_flags_and_ablation(tmp_path):
     args = fit.build_parser().parse_args(["--dataset", "webnews", "--mmd-weight", "0.3", "--ablation", "no-shared"])
     config = fit.resolve_config(args)

@@ -110,7 +110,8 @@ def main(argv=None) -> int:
                                  verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
     print()
     print(format_results(results))
-    print(f"\nrun folder: {run_dir} (results.json, pr_curves.png, training_curves.png, logs/ for TensorBoard)")
+    print(f"\nrun folder: {run_dir} (results.json, examples.html, pr_curves.png, training_curves.png, "
+          f"logs/ for TensorBoard)")
     return 0
 
 

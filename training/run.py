@@ -17,6 +17,7 @@ from chtn_tf.model.persist import BEST_WEIGHTS, save_model_definition
 from chtn_tf.model.text import build_text_vectorizer
 from training import checkpoint
 from training.callbacks import RunCheckpointer, ValidationMAP
+from training.examples import write_run_examples
 from training.inputs import PreparedInputs, target_batches
 
 log = logging.getLogger("chtn")
@@ -68,8 +69,8 @@ def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir
     """Trains (or resumes) a run in ``run_dir``, reloads its best checkpoint, evaluates on test.
 
     Writes ``config.json``, the model definition, TensorBoard logs under ``logs/``, ``history.json``,
-    ``best.weights.h5``, ``checkpoints/last/``, ``results.json``, ``pr_curves.png`` and
-    ``training_curves.png``. Returns the results dict.
+    ``best.weights.h5``, ``checkpoints/last/``, ``results.json``, ``pr_curves.png``,
+    ``training_curves.png``, ``examples.html`` and the projector's ``logs/projector/``. Returns the results dict.
     """
     os.makedirs(run_dir, exist_ok=True)
     started = time.time()
@@ -111,6 +112,8 @@ def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir
     write_json_atomic(os.path.join(run_dir, "results.json"), results)
     plots.plot_pr_curves(test, os.path.join(run_dir, "pr_curves.png"))
     plots.plot_training_curves(checkpointer.history, os.path.join(run_dir, "training_curves.png"))
+    shown = write_run_examples(model, inputs, run_dir, results=results, seed=config.train.seed)
+    log.info("examples.html and logs/projector written in %.1f s", shown["seconds"])
     return results
 
 
