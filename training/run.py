@@ -30,7 +30,9 @@ def build_model(config: ExperimentConfig, inputs: PreparedInputs) -> CHTNModel:
     vectorizer = build_text_vectorizer(config.model, train.texts)
     model = CHTNModel(config, image_feature_dim=inputs.feature_dim, num_classes=inputs.dataset.num_classes,
                       text_vectorizer=vectorizer, num_source_classes=inputs.num_source_classes)
-    model.compile(optimizer=make_optimizer(config.optimizer))
+    n_train = len(train)
+    batches = n_train // config.train.batch_size if n_train > config.train.batch_size else 1
+    model.compile(optimizer=make_optimizer(config.optimizer, total_steps=batches * config.train.epochs))
     model.build_all()
     model.optimizer.build(model.trainable_variables)
     return model

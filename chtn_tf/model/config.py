@@ -117,12 +117,14 @@ class OptimizerConfig:
         learning_rate: step size.
         momentum: SGD momentum.
         weight_decay: decoupled weight decay applied by the optimiser.
+        schedule: ``constant`` (released) or ``cosine`` (decays to 0 over the run's steps).
     """
 
     name: str = "sgd"
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "constant"
 
 
 @dataclasses.dataclass
