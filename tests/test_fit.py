@@ -61,7 +61,7 @@ def fixture_run(tmp_path_factory):
 
 def test_fit_writes_a_complete_run_folder(fixture_run):
     run_dir, _, _ = fixture_run
-    for name in ("config.json", "text_vectorizer.json", "model_info.json", "best.weights.h5", "history.json",
+    for name in ("config.json", "text_vectorizer.json", "model_info.json", "checkpoints/best/checkpoint", "history.json",
                  "results.json", "pr_curves.png", "training_curves.png"):
         assert (run_dir / name).is_file(), name
     assert any(p.name.startswith("events") for p in (run_dir / "logs").rglob("*")), "no TensorBoard events"

@@ -12,6 +12,7 @@ from chtn_tf.model.chtn import LOSS_TERMS, CHTNModel, make_optimizer
 from chtn_tf.model.config import ExperimentConfig, ModelConfig, dataset_config
 from chtn_tf.model.persist import load_trained_model, save_model_definition
 from chtn_tf.model.text import build_text_vectorizer
+from training.checkpoint import RunCheckpoints
 
 TEXTS = ["red apple fruit", "green apple tree", "fast red car", "blue car road", "apple pie sweet", "car engine fast"]
 LABELS = np.array([0, 0, 1, 1, 0, 1], np.int32)
@@ -130,7 +131,7 @@ def test_save_load_gives_the_same_codes(tmp_path):
         model.train_step(batch())
     run_dir = str(tmp_path)
     save_model_definition(run_dir, model, class_names=["fruit", "car"], backbone={"name": "precomputed"})
-    model.save_weights(str(tmp_path / "best.weights.h5"))
+    RunCheckpoints(run_dir, model).save_best(0)
     loaded, info = load_trained_model(run_dir)
     features = np.random.default_rng(2).normal(size=(4, 7)).astype(np.float32)
     np.testing.assert_allclose(loaded.encode_images(features), model.encode_images(features), rtol=1e-5, atol=1e-6)
