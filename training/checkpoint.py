@@ -22,7 +22,6 @@ workers), but only one may own the run folder. :func:`writes_run_folder` is that
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -115,34 +114,36 @@ def has_checkpoint(run_dir: str) -> bool:
     return any(tf.train.latest_checkpoint(os.path.join(run_dir, d)) for d in (LAST_DIR, BEST_DIR))
 
 
-# Names written by this module, by chtn_tf.atomic and by earlier versions of training.fit, which a killed
-# process can leave behind.
-_RUN_LEFTOVERS = (".tmp-*", "*.tmp-[0-9]*", os.path.join(CHECKPOINTS, "last.old-*"),
-                  os.path.join(CHECKPOINTS, ".tmp-last-*"))
+# Temporary names that chtn_tf.atomic (mkstemp: ".tmp-" + 8 characters), ExperimentConfig.to_json ("<file>.tmp-<pid>")
+# and earlier versions of this module gave the files they were writing; a killed process leaves them behind.
+_RUN_LEFTOVERS = {"": (r"\.tmp-[a-z0-9_]{8}(\.weights\.h5)?", r".+\.tmp-\d+"),
+                  CHECKPOINTS: (r"last\.old-\d+", r"\.tmp-last-[a-z0-9_]{8}")}
 
 
 def remove_leftovers(run_dir: str) -> list:
     """Removes what an interrupted save left in the run folder; returns the removed paths.
 
-    Only names this package writes are touched: temporary files of atomic writes (``.tmp-*``, ``*.tmp-<pid>``),
+    Only names this package writes are touched: temporary files of atomic writes (``.tmp-XXXXXXXX``,
+    ``<file>.tmp-<pid>``, and an older version's ``checkpoints/last.old-<pid>``, ``checkpoints/.tmp-last-*``),
     TensorFlow's unfinished checkpoint files (``ckpt-N_temp/``, ``checkpoint.tmp*``) and checkpoint files that
     the folder's ``checkpoint`` index does not list (a save killed before its index was swapped). Call it only
     while holding the run folder's lock (:func:`chtn_tf.atomic.folder_lock`).
     """
     removed = []
-    for pattern in _RUN_LEFTOVERS:
-        removed += glob.glob(os.path.join(glob.escape(run_dir), pattern))
+    for subdir, patterns in _RUN_LEFTOVERS.items():
+        folder = os.path.join(run_dir, subdir)
+        if os.path.isdir(folder):
+            removed += [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                        if any(re.fullmatch(p, name) for p in patterns)]
     for subdir in (BEST_DIR, LAST_DIR):
         folder = os.path.join(run_dir, subdir)
         if not os.path.isdir(folder):
             continue
         state = tf.train.get_checkpoint_state(folder)
         kept = {os.path.basename(p) for p in state.all_model_checkpoint_paths} if state else set()
-        for name in os.listdir(folder):
+        for name in sorted(os.listdir(folder)):
             match = re.fullmatch(rf"({CHECKPOINT_PREFIX}-\d+)(_temp|\.index|\.data-\d+-of-\d+)", name)
-            if match and (match.group(2) == "_temp" or match.group(1) not in kept):
-                removed.append(os.path.join(folder, name))
-            elif name.startswith("checkpoint.tmp"):
+            if (match and (match.group(2) == "_temp" or match.group(1) not in kept)) or name.startswith("checkpoint.tmp"):
                 removed.append(os.path.join(folder, name))
     for path in removed:
         if os.path.isdir(path):

@@ -118,17 +118,30 @@ def main(argv=None) -> int:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         return _error(f"--out {run_dir} is a file; pass a folder (new, or a run folder to continue)")
 
-    from chtn_tf.data.checks import check_usable
     from chtn_tf.atomic import FolderBusy
-    from training.inputs import prepare_inputs
+    from chtn_tf.data.checks import check_usable
+    from training.inputs import prepare_inputs, read_dataset
     from training.run import RunConflict, check_config, check_data, format_results, train_and_evaluate
 
     resume = not args.no_resume
     try:
         if resume:
-            check_config(run_dir, config)  # before the (slow) data, so a refused resume costs nothing
-        inputs = prepare_inputs(config, progress=not args.quiet)
-    except (DatasetError, RunConflict, ValueError, FileNotFoundError) as e:
+            check_config(run_dir, config)  # before the data is read: a refused resume costs nothing
+        dataset = read_dataset(config)
+        if resume:
+            check_data(run_dir, config, dataset)  # the classes, before the features are computed
+    except (DatasetError, RunConflict, ValueError) as e:
+        return _error(str(e))
+    print_problems(dataset)
+    verdict = check_usable(dataset, max_dropped=args.max_dropped)
+    for warning in verdict.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if verdict.errors:
+        return _error(f"{dataset.name} is not usable: " + "; ".join(verdict.errors)
+                      + " (`python -m chtn_tf.data.inspect` lists every problem)")
+    try:
+        inputs = prepare_inputs(config, progress=not args.quiet, dataset=dataset)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
         return _error(str(e))
     dataset = inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
@@ -136,13 +149,6 @@ def main(argv=None) -> int:
           f"{inputs.backbone['name']} ({inputs.feature_dim}-d); source domain: "
           f"{'none' if inputs.source_features is None else f'{len(inputs.source_features)} images, {inputs.num_source_classes} classes'}",
           flush=True)
-    print_problems(dataset)
-    verdict = check_usable(dataset, max_dropped=args.max_dropped)
-    for warning in verdict.warnings:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    if verdict.errors:
-        return _error("the data is not usable: " + "; ".join(verdict.errors)
-                      + " (`python -m chtn_tf.data.inspect` lists every problem)")
     try:
         if resume:
             check_data(run_dir, config, inputs)

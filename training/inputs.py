@@ -72,9 +72,11 @@ def _resolve_source(config: ExperimentConfig, dataset: CrossModalDataset) -> Opt
     return "imagenette" if source == "auto" else source
 
 
-def prepare_inputs(config: ExperimentConfig, *, progress: bool = True) -> PreparedInputs:
-    """Reads the data and computes (or loads cached) image features for every split and the source domain."""
-    dataset = read_dataset(config)
+def prepare_inputs(config: ExperimentConfig, *, progress: bool = True,
+                   dataset: Optional[CrossModalDataset] = None) -> PreparedInputs:
+    """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
+    image features for every split and the source domain."""
+    dataset = read_dataset(config) if dataset is None else dataset
     source_spec = _resolve_source(config, dataset)
 
     if dataset.image_kind == "features":

@@ -141,12 +141,18 @@ def check_config(run_dir: str, config: ExperimentConfig) -> dict:
     return changed
 
 
-def check_data(run_dir: str, config: ExperimentConfig, inputs: PreparedInputs) -> None:
-    """Raises :class:`RunConflict` when ``inputs`` are not the data the run in ``run_dir`` was trained on."""
+def check_data(run_dir: str, config: ExperimentConfig, data) -> None:
+    """Raises :class:`RunConflict` when ``data`` is not what the run in ``run_dir`` was trained on.
+
+    ``data`` is the :class:`PreparedInputs` (everything is compared: classes, image features, source domain,
+    the pairs themselves), or a dataset as read (only its classes are compared: a check before the features
+    are computed).
+    """
     info = read_model_info(run_dir)
     if info is None or not has_trained_state(run_dir):
         return
-    dataset = inputs.dataset
+    inputs = data if isinstance(data, PreparedInputs) else None
+    dataset = data.dataset if inputs else data
     reasons = []
     if info["class_names"] != list(dataset.class_names):
         added = [c for c in dataset.class_names if c not in info["class_names"]]
@@ -154,14 +160,16 @@ def check_data(run_dir: str, config: ExperimentConfig, inputs: PreparedInputs) -
         reasons.append(f"the classes differ (run: {len(info['class_names'])}, data now: {dataset.num_classes}"
                        + (f"; new: {', '.join(added[:5])}" if added else "")
                        + (f"; gone: {', '.join(gone[:5])}" if gone else "") + ")")
-    if info["image_feature_dim"] != inputs.feature_dim or info["backbone"].get("name") != inputs.backbone.get("name"):
-        reasons.append(f"the image features differ (run: {info['backbone'].get('name')}, "
-                       f"{info['image_feature_dim']}-d; now: {inputs.backbone.get('name')}, {inputs.feature_dim}-d)")
-    source_classes = inputs.num_source_classes if config.loss.source_transfer else 0
-    if info["num_source_classes"] != source_classes:
-        reasons.append(f"the source domain differs (run: {info['num_source_classes']} classes, now: {source_classes})")
-    if not reasons and info.get("data_fingerprint") not in (None, data_fingerprint(inputs)):
-        reasons.append("the pairs (ids, labels or texts) differ from those it was trained on")
+    if inputs is not None:
+        if info["image_feature_dim"] != inputs.feature_dim or info["backbone"].get("name") != inputs.backbone.get("name"):
+            reasons.append(f"the image features differ (run: {info['backbone'].get('name')}, "
+                           f"{info['image_feature_dim']}-d; now: {inputs.backbone.get('name')}, {inputs.feature_dim}-d)")
+        source_classes = inputs.num_source_classes if config.loss.source_transfer else 0
+        if info["num_source_classes"] != source_classes:
+            reasons.append(f"the source domain differs (run: {info['num_source_classes']} classes, "
+                           f"now: {source_classes})")
+        if not reasons and info.get("data_fingerprint") not in (None, data_fingerprint(inputs)):
+            reasons.append("the pairs (ids, labels or texts) differ from those it was trained on")
     if reasons:
         raise RunConflict(f"{run_dir} holds a run trained on other data: {'; '.join(reasons)}. Start a new --out "
                           f"folder (or pass --no-resume to replace that run)")
