@@ -240,3 +240,20 @@ def test_sigkill_during_export_then_rerun_removes_the_staging_folder(tmp_path_fa
     assert written["version"] == 1
     for model in ("chtn_image", "chtn_text"):
         assert sorted(p.name for p in (serving / model).iterdir()) == ["1"]
+
+
+def test_early_stopping_continues_its_count_after_a_resume():
+    from training.callbacks import ResumableEarlyStopping, stopped_early
+
+    class Model:
+        stop_training = False
+
+    state = {"epoch": 5, "best_epoch": 3, "best": 0.9}  # two epochs without improvement so far
+    resumed, fresh = ResumableEarlyStopping(patience=3, state=state), ResumableEarlyStopping(patience=3)
+    for callback in (resumed, fresh):
+        callback.set_model(Model())
+        callback.on_train_begin()
+    resumed.on_epoch_end(6, {"val_map_avg": 0.85})
+    fresh.on_epoch_end(6, {"val_map_avg": 0.85})
+    assert resumed.model.stop_training and not fresh.model.stop_training
+    assert not stopped_early(state, 3) and stopped_early({**state, "epoch": 6}, 3) and not stopped_early(state, 0)
