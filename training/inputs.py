@@ -171,6 +171,11 @@ def target_batches(inputs: PreparedInputs, split: str, *, batch_size: int, seed:
         sources = sources.batch(batch_size, drop_remainder=True).map(lambda index: gather(source, index))
         return tf.data.Dataset.zip(pairs, sources).map(lambda t, s: {"target": t, "source": s})
 
+    # The batch count is known, but not to tf.data once a source stream is zipped in; Keras needs it.
+    batches = batches_per_epoch(n, batch_size, shuffle=shuffle)
     if not shuffle:
-        return one_epoch(0).prefetch(tf.data.AUTOTUNE)
-    return tf.data.Dataset.range(*epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+        dataset = one_epoch(0).apply(tf.data.experimental.assert_cardinality(batches))
+    else:
+        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches * max(0, epochs[1] - epochs[0])))
+    return dataset.prefetch(tf.data.AUTOTUNE)
