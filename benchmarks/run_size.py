@@ -1,6 +1,7 @@
 """Disk size of a default run folder and of its export, for a small manifest and for Web News.
 
-    CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/run_size.py [--pairs-per-class 35] [--manifest-epochs 2]
+    CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/run_size.py [--pairs-per-class 35] \
+        [--manifest-epochs 2]
 
 Case 1, "manifest": a CSV manifest of real Web News photos and texts (``--pairs-per-class`` per class, 4/5
 train, 1/5 test: 350 pairs by default), trained with the defaults a user's manifest gets. Its size does not

@@ -98,7 +98,8 @@ def make_nuswide_tree(data_dir, *, classes=("animal", "clouds", "flowers"), per_
 
 
 PHOTO_CLASSES = ("sports", "culture", "economy")
-PHOTO_WORDS = {"sports": "match goal team player", "culture": "museum art music film", "economy": "market bank trade price"}
+PHOTO_WORDS = {"sports": "match goal team player", "culture": "museum art music film",
+               "economy": "market bank trade price"}
 
 
 def real_photos(data_dir, classes=PHOTO_CLASSES, *, per_class: int = 8) -> dict:

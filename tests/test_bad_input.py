@@ -269,7 +269,8 @@ def test_inspect_gives_fit_s_verdict_and_warnings(dirty_photo_run, capsys):
 
 
 def test_the_map_table_keeps_its_columns_for_a_long_manifest_name():
-    results = {"dataset": "manifest:/home/someone/collections/holiday_photos_2024.csv", "backbone": "efficientnet-lite0",
+    results = {"dataset": "manifest:/home/someone/collections/holiday_photos_2024.csv",
+               "backbone": "efficientnet-lite0",
                "n_test": 125, "map_i2t": 0.5, "map_t2i": 0.25, "map_avg": 0.375, "val_map_avg": 0.4}
     header, row = format_results(results).splitlines()
     assert row.startswith(results["dataset"] + "  ")

@@ -183,8 +183,10 @@ def test_a_run_folder_of_an_older_version_is_refused(setup, tmp_path, capsys):
 
 def test_checkpoints_hold_each_variable_once_by_name(setup):
     run = str(setup["reference"])
-    last = {name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(os.path.join(run, checkpoint.LAST_DIR)))}
-    best = {name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(os.path.join(run, checkpoint.BEST_DIR)))}
+    def names(subdir):
+        return {name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(os.path.join(run, subdir)))}
+
+    last, best = names(checkpoint.LAST_DIR), names(checkpoint.BEST_DIR)
     value = "/.ATTRIBUTES/VARIABLE_VALUE"
     # Optimiser slots are named after their variable (SGD with momentum: one slot per trainable variable).
     assert f"optimizer/fc6_i_kernel_momentum{value}" in last and f"optimizer/iteration{value}" in last

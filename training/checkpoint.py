@@ -143,7 +143,8 @@ def remove_leftovers(run_dir: str) -> list:
         kept = {os.path.basename(p) for p in state.all_model_checkpoint_paths} if state else set()
         for name in sorted(os.listdir(folder)):
             match = re.fullmatch(rf"({CHECKPOINT_PREFIX}-\d+)(_temp|\.index|\.data-\d+-of-\d+)", name)
-            if (match and (match.group(2) == "_temp" or match.group(1) not in kept)) or name.startswith("checkpoint.tmp"):
+            unfinished = match and (match.group(2) == "_temp" or match.group(1) not in kept)
+            if unfinished or name.startswith("checkpoint.tmp"):
                 removed.append(os.path.join(folder, name))
     for path in removed:
         if os.path.isdir(path):

@@ -36,7 +36,8 @@ def number(kind, *, low, low_included: bool = True, high=None):
             raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
         if (value < low if low_included else value <= low) or (high is not None and value > high):
-            bound = f"{'at least' if low_included else 'above'} {low}" + (f" and at most {high}" if high is not None else "")
+            bound = f"{'at least' if low_included else 'above'} {low}"
+            bound += f" and at most {high}" if high is not None else ""
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
     return parse

@@ -161,9 +161,10 @@ def check_data(run_dir: str, config: ExperimentConfig, data) -> None:
                        + (f"; new: {', '.join(added[:5])}" if added else "")
                        + (f"; gone: {', '.join(gone[:5])}" if gone else "") + ")")
     if inputs is not None:
-        if info["image_feature_dim"] != inputs.feature_dim or info["backbone"].get("name") != inputs.backbone.get("name"):
-            reasons.append(f"the image features differ (run: {info['backbone'].get('name')}, "
-                           f"{info['image_feature_dim']}-d; now: {inputs.backbone.get('name')}, {inputs.feature_dim}-d)")
+        was, now = info["backbone"].get("name"), inputs.backbone.get("name")
+        if info["image_feature_dim"] != inputs.feature_dim or was != now:
+            reasons.append(f"the image features differ (run: {was}, {info['image_feature_dim']}-d; now: {now}, "
+                           f"{inputs.feature_dim}-d)")
         source_classes = inputs.num_source_classes if config.loss.source_transfer else 0
         if info["num_source_classes"] != source_classes:
             reasons.append(f"the source domain differs (run: {info['num_source_classes']} classes, "

@@ -51,7 +51,8 @@ def check_field(section_cls, section: str, name: str, value) -> None:
     if field in FIELD_RANGES:
         low, high, low_included = FIELD_RANGES[field]
         if (value < low if low_included else value <= low) or (high is not None and value >= high):
-            bounds = f"{'at least' if low_included else 'above'} {low}" + (f" and below {high}" if high is not None else "")
+            bounds = f"{'at least' if low_included else 'above'} {low}"
+            bounds += f" and below {high}" if high is not None else ""
             raise ValueError(f"{field} must be {bounds}, got {value!r}")
 
 
@@ -239,13 +240,15 @@ class ExperimentConfig:
         except IsADirectoryError:
             raise ValueError(f"config {path} is a folder; pass --config PATH to a JSON file") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"config {path} is not UTF-8 text (byte offset {e.start}); save it as UTF-8 JSON") from None
+            raise ValueError(f"config {path} is not UTF-8 text (byte offset {e.start}); save it as UTF-8 "
+                             f"JSON") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a config is a JSON object of sections "
                              f"{[f.name for f in dataclasses.fields(cls)]}") from e
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config is a JSON object of sections {[f.name for f in dataclasses.fields(cls)]}, "
-                             f"not a {type(values).__name__}")
+            sections = [f.name for f in dataclasses.fields(cls)]
+            raise ValueError(f"{path}: a config is a JSON object of sections {sections}, not a "
+                             f"{type(values).__name__}")
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as e:
