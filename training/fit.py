@@ -14,6 +14,7 @@ import sys
 
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig, dataset_config
+from training.strategy import CHOICES as STRATEGIES
 
 DATASETS = ("wikipedia", "webnews", "pascal", "nuswide10k")
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--representation", choices=("fc10", "fc9"))
     parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
                         help="switch off one part of CHTN")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="tf.distribute strategy (default auto: multi-worker when TF_CONFIG names several workers, "
+                             "mirrored with several GPUs, else default); --batch-size is the global batch")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch instead of progress bars (the default when output is not a terminal)")
@@ -89,14 +93,29 @@ def main(argv=None) -> int:
     name = config.data.dataset or os.path.splitext(os.path.basename(config.data.manifest))[0]
     run_dir = args.out or os.path.join("runs", name)
 
+    from training.strategy import StrategyError, check_global_batch, select_strategy
+
+    try:
+        # First: a multi-worker strategy must exist before TensorFlow runs anything else.
+        distribution = select_strategy(args.strategy)
+        check_global_batch(config.train.batch_size, distribution)
+    except StrategyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(distribution.describe(), flush=True)
+
     from training.inputs import prepare_inputs
     from training.run import format_results, train_and_evaluate
 
     try:
-        inputs = prepare_inputs(config, progress=not args.quiet)
+        inputs = prepare_inputs(config, progress=not args.quiet,
+                                shard=(distribution.worker_index, distribution.num_workers))
     except (DatasetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TimeoutError as e:  # a feature shard of another worker never came
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     dataset = inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
           f"{len(dataset.splits['test'])} test pairs, {dataset.num_classes} classes; image input: "
@@ -106,10 +125,27 @@ def main(argv=None) -> int:
     if dataset.dropped():
         print(f"  {len(dataset.dropped())} pairs dropped (see `python -m chtn_tf.data.inspect`): "
               f"{', '.join(dataset.dropped())}", flush=True)
-    results = train_and_evaluate(config, inputs, run_dir, resume=not args.no_resume,
-                                 verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
+    import tensorflow as tf
+
+    try:
+        results = train_and_evaluate(config, inputs, run_dir, resume=not args.no_resume,
+                                     verbose=2 if args.quiet or not sys.stdout.isatty() else "auto",
+                                     distribution=distribution)
+    except tf.errors.OpError as e:
+        if distribution.num_workers == 1:
+            raise
+        from training.strategy import lost_worker_message
+
+        print(f"error: {lost_worker_message(e, distribution)}", file=sys.stderr, flush=True)
+        return 1
     print()
     print(format_results(results))
+    if distribution.num_workers > 1:
+        print(f"worker {distribution.worker_index} of {distribution.num_workers}: trained weights sha256 "
+              f"{results['weights_sha256']} (the same on every worker)")
+    if not distribution.is_chief:
+        print(f"\nrun folder (written by worker 0): {run_dir}")
+        return 0
     print(f"\nrun folder: {run_dir} (results.json, pr_curves.png, training_curves.png, logs/ for TensorBoard)")
     return 0
 

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf import losses as chtn_losses
+from chtn_tf.model import cross_replica
 from chtn_tf.model.branches import (
     build_correlation_head,
     build_image_branch,
@@ -88,6 +89,8 @@ class CHTNModel(keras.Model):
 
         # One tracker per loss term.
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS}
+        # Built under a strategy with several replicas: BatchNorm over the global batch.
+        cross_replica.synchronize_batch_norm(self)
 
     # ------------------------------------------------------------------ encoders
     def _representation(self, fc9, logits):
@@ -163,16 +166,22 @@ class CHTNModel(keras.Model):
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch):
+        """One optimiser step on ``batch``; under a strategy, on this replica's slice of the global batch.
+
+        Each replica minimises its share of the global objective (per-example terms as a mean over the
+        global batch, MMD as the mean of the replicas' estimates; see :mod:`chtn_tf.model.cross_replica`)
+        and the optimiser sums the replicas' gradients. With one replica this is the plain objective.
+        """
         with tf.GradientTape() as tape:
-            terms = self.loss_terms(batch, training=True)
+            terms = cross_replica.replica_shares(self.loss_terms(batch, training=True), batch)
             loss = self.total_loss(terms)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._track(loss, terms)
+        return self._track(*cross_replica.global_values(loss, terms))
 
     def test_step(self, batch):
-        terms = self.loss_terms(batch, training=False)
-        return self._track(self.total_loss(terms), terms)
+        terms = cross_replica.replica_shares(self.loss_terms(batch, training=False), batch)
+        return self._track(*cross_replica.global_values(self.total_loss(terms), terms))
 
     def _track(self, loss, terms):
         self.loss_trackers["loss"].update_state(loss)
