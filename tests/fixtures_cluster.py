@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,10 +80,18 @@ class Processes:
         self.procs = {}
 
     def __enter__(self):
+        # A SIGTERM (a CI time-out) must still reap the children: turn it into an exception while inside.
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
     def __exit__(self, *exc):
-        self.kill_all()
+        try:
+            self.kill_all()
+        finally:
+            if self._previous is not None:
+                signal.signal(signal.SIGTERM, self._previous)
 
     def start(self, name: str, argv: list, env: dict) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w", encoding="utf-8")
@@ -97,19 +106,28 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(encoding="utf-8", errors="replace")
 
-    def wait(self, timeout: float, names=None) -> dict:
-        """Exit codes ``{name: code}`` of ``names`` (default all); kills them all and raises after ``timeout`` s."""
+    def wait(self, timeout: float, names=None, *, after_failure: float = 180.0) -> dict:
+        """Exit codes ``{name: code}`` of ``names`` (default all).
+
+        Raises TimeoutError (after killing them all) when they are not all done after ``timeout`` s, or
+        ``after_failure`` s after one of them failed (its peers should notice and stop by then).
+        """
         names = list(self.procs) if names is None else list(names)
         deadline = time.monotonic() + timeout
-        codes = {}
-        for name in names:
-            try:
-                codes[name] = self.procs[name].wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        failed_at = None
+        while True:
+            codes = {name: self.procs[name].poll() for name in names}
+            if all(code is not None for code in codes.values()):
+                return codes
+            now = time.monotonic()
+            if failed_at is None and any(code not in (None, 0) for code in codes.values()):
+                failed_at = now
+            if now > deadline or (failed_at is not None and now - failed_at > after_failure):
                 self.kill_all()
-                tails = "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}" for n in names)
-                raise TimeoutError(f"processes {names} still running after {timeout} s (killed)\n{tails}") from None
-        return codes
+                tails = "\n".join(f"--- {n} (exit {codes[n]}) ---\n{self.log(n)[-3000:]}" for n in names)
+                why = f"{timeout} s" if now > deadline else f"{after_failure} s after a peer failed"
+                raise TimeoutError(f"processes still running after {why} (killed): {codes}\n{tails}")
+            time.sleep(0.2)
 
     def wait_for_text(self, name: str, text: str, timeout: float) -> None:
         """Returns once ``text`` appears in ``name``'s output; raises if it exits first or after ``timeout`` s."""
@@ -139,6 +157,10 @@ class Processes:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cluster(argv: list, num_workers: int, *, logs: pathlib.Path, timeout: float, env=None,

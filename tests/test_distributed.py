@@ -253,3 +253,36 @@ def test_mirrored_over_two_cpu_devices_trains_like_one_device(equivalence_setup,
     history = [json.loads((root / run / "history.json").read_text()) for run in ("single", "mirrored")]
     np.testing.assert_allclose(history[1]["loss"], history[0]["loss"], rtol=1e-4)
     np.testing.assert_allclose(history[1]["val_loss"], history[0]["val_loss"], rtol=1e-4)
+
+
+def test_tuning_role_comes_from_keras_tuners_variables():
+    from training.tune import tuning_role
+
+    assert tuning_role({}) == "single"
+    env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "8000"}
+    assert tuning_role({**env, "KERASTUNER_TUNER_ID": "chief"}) == "chief"
+    assert tuning_role({**env, "KERASTUNER_TUNER_ID": "tuner1"}) == "worker"
+    with pytest.raises(ValueError, match="KERASTUNER_TUNER_ID"):
+        tuning_role(env)
+    with pytest.raises(ValueError, match="port number"):
+        tuning_role({**env, "KERASTUNER_ORACLE_PORT": "x", "KERASTUNER_TUNER_ID": "tuner0"})
+
+
+def test_a_worker_notices_its_tuning_chief_is_gone():
+    import socket
+    import threading
+
+    from training.tune import ChiefWatch
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    lost = threading.Event()
+    messages = []
+    watch = ChiefWatch("127.0.0.1", server.getsockname()[1], grace=0.5, interval=0.1,
+                       on_lost=lambda message: (messages.append(message), lost.set()))
+    watch.start()
+    assert not lost.wait(0.6)  # the chief answers: nothing happens
+    server.close()
+    assert lost.wait(10) and "lost the tuning chief at 127.0.0.1" in messages[0]
+    watch.stop()
