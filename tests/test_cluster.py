@@ -149,3 +149,47 @@ def test_distributed_tuning_chief_and_two_workers(tmp_path, real_data_dir):
         assert fit.main(["--config", str(out / "best_config.json"), "--out", str(tmp_path / "final"), "--quiet"]) == 0
     results = json.loads((tmp_path / "final" / "results.json").read_text())
     assert results["val_map_avg"] == pytest.approx(best["val_map_avg"], abs=1e-4)
+
+
+def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path):
+    """SIGKILL worker 1 after epoch 1: worker 0 stops within 120 s naming it; re-running both resumes and ends
+    with the weights of an uninterrupted 2-worker run."""
+    import signal
+    import time
+
+    from tests.fixtures_cluster import Processes, base_env, free_ports, tf_config
+
+    manifest = make_manifest(tmp_path / "data", per_class=160)  # 468 train pairs: ~58 steps an epoch
+    backbone = write_tiny_hub_module(tmp_path / "tiny")
+    argv = ["--manifest", manifest, "--backbone", backbone, "--source", "none",
+            "--config", per_example_config(tmp_path / "config.json"), "--epochs", "3", "--quiet"]
+    env = {"CHTN_CACHE_DIR": tmp_path / "cache"}
+    codes, outputs = run_cluster(python_module("training.fit", *argv, "--out", tmp_path / "whole"), 2,
+                                 logs=tmp_path / "logs_whole", timeout=900, env=env)
+    assert codes == [0, 0], "\n\n".join(o[-4000:] for o in outputs)
+
+    command = python_module("training.fit", *argv, "--out", tmp_path / "run")
+    ports = free_ports(2)
+    with Processes(tmp_path / "logs_killed") as procs:
+        for i in range(2):
+            procs.start(f"worker{i}", command, base_env(**env, TF_CONFIG=tf_config(ports, i)))
+        procs.wait_for_text("worker1", "epoch 1: val MAP", timeout=600)
+        procs.kill("worker1", signal.SIGKILL)
+        killed = time.monotonic()
+        codes = procs.wait(timeout=150, names=["worker0"])
+        waited = time.monotonic() - killed
+        survivor = procs.log("worker0")
+    assert codes["worker0"] not in (0, None) and waited < 120, (waited, survivor[-3000:])
+    assert "error: lost worker 1 (127.0.0.1:" in survivor, survivor[-3000:]
+    assert "Traceback" not in survivor.split("error: lost worker 1")[1]
+
+    codes, outputs = run_cluster(command, 2, logs=tmp_path / "logs_resumed", timeout=900, env=env)
+    assert codes == [0, 0], "\n\n".join(o[-4000:] for o in outputs)
+    for output in outputs:
+        assert "Resuming" in output and "after epoch 1 " in output, output[-3000:]
+    whole, resumed = last_weights(tmp_path / "whole"), last_weights(tmp_path / "run")
+    for name in whole:
+        np.testing.assert_allclose(resumed[name], whole[name], atol=1e-6, rtol=0, err_msg=name)
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("whole", "run")]
+    assert results[1]["map_avg"] == pytest.approx(results[0]["map_avg"], abs=1e-6)
+    assert results[1]["epochs_run"] == 3

@@ -221,6 +221,10 @@ def lost_worker_message(error: BaseException, distribution: Distribution) -> str
     """What to tell the user when a collective fails because a peer is gone (names it, says how to resume)."""
     lost = lost_workers(error, distribution)
     who = ", ".join(f"worker {i} ({distribution.worker_address(i)})" for i in lost) or "another worker"
-    detail = next((line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()), "")
-    return (f"lost {who}: worker {distribution.worker_index} cannot go on without it ({detail[:300]}). "
+    text = re.sub(r"\{\{[^}]*\}\}", " ", str(getattr(error, "message", error)))
+    text = re.split(r"The error could be from|Additional GRPC error|\[\[|\[type\.googleapis", text)[0]
+    if "Collective ops is aborted by" in text:
+        text = text[text.index("Collective ops is aborted by"):]
+    detail = " ".join(text.split())[:300]
+    return (f"lost {who}: worker {distribution.worker_index} cannot go on without it ({detail}). "
             f"Restart the same command on every worker: training resumes after the last completed epoch")
