@@ -188,3 +188,13 @@ def run_cluster(argv: list, num_workers: int, *, logs: pathlib.Path, timeout: fl
 def python_module(module: str, *args) -> list:
     """``[python, -m, module, args...]`` with this interpreter."""
     return [sys.executable, "-m", module, *map(str, args)]
+
+
+def last_model_values(run_dir) -> dict:
+    """``{variable name: array}`` of the model variables in a run's ``checkpoints/last`` (the final epoch)."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(pathlib.Path(run_dir) / "checkpoints" / "last"))
+    assert path is not None, f"{run_dir} has no checkpoints/last"
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("model/")}

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-import h5py
 import numpy as np
 import pytest
 
 from chtn_tf.backbones.feature_cache import batch_plan, extract_features, parse_shard, shard_bounds
 from chtn_tf.model.config import ExperimentConfig
-from tests.fixtures_cluster import Processes, base_env, python_module, REPO
+from tests.fixtures_cluster import REPO, Processes, base_env, last_model_values, python_module
 from tests.fixtures_export import make_manifest, write_tiny_hub_module
 from training import fit
 from training.strategy import (ClusterSpec, Distribution, StrategyError, check_global_batch, lost_worker_message,
@@ -224,13 +223,6 @@ def equivalence_setup(tmp_path_factory):
     return root, argv
 
 
-def last_weights(run_dir):
-    with h5py.File(run_dir / "checkpoints" / "last" / "model.weights.h5", "r") as f:
-        values = []
-        f.visititems(lambda name, item: values.append((name, np.asarray(item))) if isinstance(item, h5py.Dataset) else None)
-    return dict(values)
-
-
 def test_mirrored_over_two_cpu_devices_trains_like_one_device(equivalence_setup, monkeypatch):
     root, argv = equivalence_setup
     monkeypatch.setenv("CHTN_CACHE_DIR", str(root / "cache"))
@@ -246,7 +238,7 @@ def test_mirrored_over_two_cpu_devices_trains_like_one_device(equivalence_setup,
     assert fit.main(argv + ["--out", str(root / "single")]) == 0
     results = json.loads((root / "mirrored" / "results.json").read_text())
     assert (results["strategy"], results["num_workers"], results["num_replicas"]) == ("MirroredStrategy", 1, 2)
-    single, replicated = last_weights(root / "single"), last_weights(root / "mirrored")
+    single, replicated = last_model_values(root / "single"), last_model_values(root / "mirrored")
     assert single.keys() == replicated.keys() and len(single) > 20
     for name in single:
         np.testing.assert_allclose(replicated[name], single[name], atol=1e-4, rtol=0, err_msg=name)
@@ -286,3 +278,31 @@ def test_a_worker_notices_its_tuning_chief_is_gone():
     server.close()
     assert lost.wait(10) and "lost the tuning chief at 127.0.0.1" in messages[0]
     watch.stop()
+
+
+def test_a_worker_reads_the_chiefs_checkpoint_once_at_resume(tmp_path):
+    """A worker restores from the chief's checkpoints/last, which the chief replaces after the next epoch:
+    everything must be read at restore time (TensorFlow restores a checkpoint's save counter lazily)."""
+    import shutil
+
+    import tensorflow as tf
+
+    from chtn_tf.model.persist import build_model_from_run
+    from tests.fixtures_data import make_wikipedia_fixture
+    from training import checkpoint
+
+    make_wikipedia_fixture(tmp_path / "data")
+    small = ExperimentConfig()
+    small.model.branch_widths, small.model.shared_widths = (16, 16), (16, 8)
+    small.to_json(str(tmp_path / "small.json"))
+    run = tmp_path / "run"
+    assert fit.main(["--dataset", "wikipedia", "--data-dir", str(tmp_path / "data"), "--config",
+                     str(tmp_path / "small.json"), "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    model, _ = build_model_from_run(str(run))
+    model.compile(optimizer=tf.keras.optimizers.SGD(momentum=0.9))
+    model.optimizer.build(model.trainable_variables)
+    worker = checkpoint.RunCheckpoints(str(run), model, writer=False)
+    state = worker.restore_last()
+    assert state["epoch"] == 0
+    shutil.rmtree(run / "checkpoints" / "last")  # the chief has moved on to its next checkpoint
+    worker.save_last(1, state)  # the worker's own (throw-away) save must not need the old file

@@ -4,41 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import scipy.io
 
 from chtn_tf.metrics.retrieval import mean_average_precision
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import load_trained_model
+from tests.fixtures_data import WIKIPEDIA_CLASSES as CLASSES
+from tests.fixtures_data import make_wikipedia_fixture
 from training import fit
-
-CLASSES = ["art", "biology", "sport"]
-WORDS = {0: "painting museum canvas artist", 1: "cell species gene organism", 2: "football match goal team"}
-
-
-def make_wikipedia_fixture(data_dir, *, per_class=(24, 6), seed=0):
-    """The Wikipedia layout (lists, XML texts, raw_features.mat) with class-separable features and texts."""
-    rng = np.random.default_rng(seed)
-    info = data_dir / "wikipedia" / "wikipedia_info"
-    texts = data_dir / "wikipedia" / "wikipedia_dataset" / "texts"
-    info.mkdir(parents=True)
-    texts.mkdir(parents=True)
-    (info / "categories.list").write_text("\n".join(CLASSES) + "\n")
-    centres = rng.normal(size=(len(CLASSES), 16)) * 3
-    features = {}
-    for split, count, key in (("trainset", per_class[0], "I_tr"), ("testset", per_class[1], "I_te")):
-        lines, rows = [], []
-        for c in range(len(CLASSES)):
-            for k in range(count):
-                text_id = f"{split}-{c}-{k}"
-                words = WORDS[c].split()
-                body = " ".join(rng.choice(words + ["the", "of", "and"], size=12))
-                (texts / f"{text_id}.xml").write_text(f'<document id="{text_id}"><text>{body} &amp; more</text></document>')
-                lines.append(f"{text_id}\timg{text_id}\t{c + 1}")
-                rows.append(centres[c] + rng.normal(size=16))
-        (info / f"{split}_txt_img_cat.list").write_text("\n".join(lines) + "\n")
-        features[key] = np.asarray(rows)
-    scipy.io.savemat(str(info / "raw_features.mat"), features)
-
 
 @pytest.fixture(scope="module")
 def fixture_run(tmp_path_factory):
@@ -61,7 +33,7 @@ def fixture_run(tmp_path_factory):
 
 def test_fit_writes_a_complete_run_folder(fixture_run):
     run_dir, _, _ = fixture_run
-    for name in ("config.json", "text_vectorizer.json", "model_info.json", "best.weights.h5", "history.json",
+    for name in ("config.json", "text_vectorizer.json", "model_info.json", "checkpoints/best/checkpoint", "history.json",
                  "results.json", "pr_curves.png", "training_curves.png"):
         assert (run_dir / name).is_file(), name
     assert any(p.name.startswith("events") for p in (run_dir / "logs").rglob("*")), "no TensorBoard events"
@@ -104,6 +76,29 @@ def test_run_folder_rebuilds_the_model_and_reproduces_test_map(fixture_run):
     results = json.loads((run_dir / "results.json").read_text())
     assert i2t == pytest.approx(results["map_i2t"], abs=1e-6)
     assert info["class_names"] == CLASSES
+
+
+def test_run_writes_examples_page_and_projector_for_a_feature_only_dataset(fixture_run):
+    run_dir, _, root = fixture_run
+    from chtn_tf.data import load_dataset
+    from tests.fixtures_pages import parse_examples_page
+
+    page = parse_examples_page(run_dir / "examples.html")
+    assert page["images"] == []  # SIFT features: image ids instead of thumbnails
+    model, _ = load_trained_model(str(run_dir))
+    test = load_dataset("wikipedia", data_dir=str(root / "data")).splits["test"]
+    codes = {"image": model.encode_images(test.image_features), "text": model.encode_texts(test.texts)}
+    for section, (query_side, gallery_side) in zip(page["sections"], (("image", "text"), ("text", "image"))):
+        assert len(section["queries"]) == 8 and all(len(q["results"]) == 5 for q in section["queries"])
+        for query in section["queries"]:
+            q = test.ids.index(query["item"]["id"])
+            ap = mean_average_precision(codes[query_side][q:q + 1], test.labels[q:q + 1], codes[gallery_side],
+                                        test.labels)
+            assert float(query["item"]["ap"].split()[1]) == pytest.approx(ap, abs=6e-4)
+            if query_side == "image":
+                assert query["item"]["noimage"].startswith(f"image {query['item']['id']}")
+    projector = (run_dir / "logs" / "projector" / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(projector) == 1 + 2 * len(test.ids)
 
 
 def test_config_override_flags_and_ablation(tmp_path):

@@ -65,7 +65,17 @@ def flatten(tree, prefix=""):
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
-    return (rng.normal(size=(40, 6)), rng.integers(0, 4, 40), rng.normal(size=(55, 6)), rng.integers(0, 4, 55))
+    queries, query_labels = rng.normal(size=(40, 6)), rng.integers(0, 4, 40)
+    gallery, gallery_labels = rng.normal(size=(55, 6)), rng.integers(0, 4, 55)
+    assert_no_near_ties(queries, gallery)
+    return queries, query_labels, gallery, gallery_labels
+
+
+def assert_no_near_ties(queries, gallery):
+    """Rankings from numpy's matmul and from the naive loop may differ only where two cosines of a query are
+    within rounding error; data without such pairs give the same rankings on any CPU's BLAS kernel."""
+    gaps = np.diff(np.sort(cosine_similarity(queries, gallery), axis=1), axis=1)
+    assert gaps.min() > 1e-9
 
 
 def test_cosine_similarity_against_loops(data):
@@ -104,6 +114,7 @@ def test_multi_hot_labels_match_a_naive_loop():
     rng = np.random.default_rng(3)
     query_labels, gallery_labels = rng.random((20, 5)) < 0.3, rng.random((30, 5)) < 0.3
     queries, gallery = rng.normal(size=(20, 4)), rng.normal(size=(30, 4))
+    assert_no_near_ties(queries, gallery)
     rankings = naive_rankings(queries, query_labels, gallery, gallery_labels)
     assert mean_average_precision(queries, query_labels, gallery, gallery_labels) == pytest.approx(
         np.mean([naive_ap(r) for r in rankings]), rel=1e-12)
@@ -134,12 +145,14 @@ def test_hand_computed_average_precision():
 
 
 def test_ties_keep_gallery_order():
-    # Items 0 and 1 are the same vector: the irrelevant item 0 stays ahead of the relevant item 1.
-    gallery = np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 0.0]])
+    # Items 0 and 1 point the same way: the irrelevant item 0 stays ahead of the relevant item 1. Their
+    # normalised coordinates are 0 and 1 and the query's too, so both cosines are exactly 1 on any CPU kernel
+    # (a tie of, say, [1, 1] and [2, 2] could differ in the last bit after normalisation and matmul).
+    gallery = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
     labels = np.array([1, 0, 0])
     # Ranking: 0 (not), 1 (rel), 2 (rel): AP = (1/2 + 2/3) / 2.
-    assert mean_average_precision(np.array([[1.0, 1.0]]), np.array([0]), gallery, labels) == pytest.approx(7 / 12)
-    assert mean_average_precision(np.array([[1.0, 1.0]]), np.array([1]), gallery, labels) == pytest.approx(1.0)
+    assert mean_average_precision(np.array([[1.0, 0.0]]), np.array([0]), gallery, labels) == pytest.approx(7 / 12)
+    assert mean_average_precision(np.array([[1.0, 0.0]]), np.array([1]), gallery, labels) == pytest.approx(1.0)
 
 
 def test_query_without_relevant_items_scores_zero_and_is_left_out_of_pr():

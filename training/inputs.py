@@ -58,16 +58,18 @@ def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
     if not data.dataset and not data.manifest:
         raise DatasetError("no data given: pass --dataset NAME or --manifest PATH")
     return load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
-                        val_fraction=data.val_fraction, **data.options)
+                        val_fraction=data.val_fraction, allow_leak=data.allow_leak, **data.options)
 
 
-def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, shard: tuple = (0, 1)) -> PreparedInputs:
-    """Reads the data and computes (or loads cached) image features for every split and the source domain.
+def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: Optional[CrossModalDataset] = None,
+                   shard: tuple = (0, 1)) -> PreparedInputs:
+    """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
+    image features for every split and the source domain.
 
     ``shard=(I, N)``: this process is worker I of N; it runs 1/N of the backbone passes and the features are
     merged through the shared feature cache (:func:`chtn_tf.backbones.extract.extract_dataset`).
     """
-    dataset = read_dataset(config)
+    dataset = read_dataset(config) if dataset is None else dataset
     source_spec = resolve_source(config.data.source, dataset, source_transfer=config.loss.source_transfer)
 
     source = None
@@ -117,58 +119,61 @@ def _drop_failed(dataset: CrossModalDataset, split_name: str, split: SplitData, 
     return extracted.features[index], split.subset(index)
 
 
-def batches_per_epoch(inputs: PreparedInputs, split: str, batch_size: int) -> int:
-    """Training steps per epoch: full batches only (one partial batch when the split is smaller than a batch)."""
-    n = len(inputs.dataset.splits[split])
-    return n // batch_size if n > batch_size else 1
+def batches_per_epoch(n: int, batch_size: int, *, shuffle: bool) -> int:
+    """Batches :func:`target_batches` gives per epoch for ``n`` pairs."""
+    if shuffle and n > batch_size:
+        return n // batch_size
+    return -(-n // batch_size)
 
 
-def _epoch_seed(seed: int, epoch, draw=0):
-    # A stateless shuffle takes a [2] seed: (run seed, epoch and draw number).
-    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * 1_000_003 + tf.cast(draw, tf.int64)])
+def _permutation(n: int, seed) -> tf.Tensor:
+    """A permutation of ``0..n-1`` that depends only on ``seed`` (a pair of int64), the same in every process."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
 
 
 def target_batches(inputs: PreparedInputs, split: str, *, batch_size: int, seed: int, shuffle: bool,
-                   with_source: bool, first_epoch: int = 0) -> tf.data.Dataset:
+                   with_source: bool, epochs: tuple = (0, 1)) -> tf.data.Dataset:
     """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch.
 
-    ``shuffle=True`` (training): an endless stream, epoch after epoch from ``first_epoch``; train with
-    ``steps_per_epoch=batches_per_epoch(...)``. Epoch ``e`` visits the pairs in a stateless permutation of
-    ``(seed, e)``, and its source batches in permutations of ``(seed + 1, e)``: the same order in every
-    process, on every worker of a cluster, and after a resume. Only full batches (a batch of one breaks
-    BatchNorm and the MMD bandwidth), unless the split is smaller than one batch.
-    ``shuffle=False`` (evaluation): one pass in order, the last batch partial.
+    With ``shuffle``, the batches of epochs ``epochs[0]`` to ``epochs[1] - 1`` follow one another (fit it with
+    ``steps_per_epoch=batches_per_epoch(...)``), and the order of epoch ``e`` depends only on ``(seed, e)``: a
+    run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees from there.
     """
     data = inputs.dataset.splits[split]
+    target = {"image": tf.constant(inputs.features[split], tf.float32),
+              "text": tf.constant(list(data.texts), dtype=tf.string),
+              "label": tf.constant(data.labels, tf.int32)}
     n = len(data)
-    rows = {"image": tf.constant(inputs.features[split].astype(np.float32)),
-            "text": tf.constant(list(data.texts), dtype=tf.string),
-            "label": tf.constant(data.labels.astype(np.int32))}
     source = None
     if with_source and inputs.source_features is not None:
-        source = {"image": tf.constant(inputs.source_features.astype(np.float32)),
-                  "label": tf.constant(inputs.source_labels.astype(np.int32))}
+        source = {"image": tf.constant(inputs.source_features, tf.float32),
+                  "label": tf.constant(inputs.source_labels, tf.int32)}
+        m = len(inputs.source_features)
+    # Drop a ragged last batch while training: a batch of one breaks BatchNorm and the MMD bandwidth.
+    drop_remainder = shuffle and n > batch_size
 
-    def gather(table, index):
-        return {key: tf.gather(value, index) for key, value in table.items()}
+    def gather(values, index):
+        return {key: tf.gather(value, index) for key, value in values.items()}
 
-    def source_batches(epoch):
-        m = int(source["label"].shape[0])
-        order = tf.data.Dataset.counter().flat_map(lambda draw: tf.data.Dataset.from_tensor_slices(
-            tf.random.experimental.stateless_shuffle(tf.range(m, dtype=tf.int64), seed=_epoch_seed(seed + 1, epoch, draw))))
-        return order.batch(batch_size, drop_remainder=True).map(lambda index: gather(source, index))
-
-    def one_pass(order, epoch, drop_remainder):
-        target = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-        target = target.map(lambda index: gather(rows, index))
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
+        pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+        pairs = pairs.map(lambda index: gather(target, index))
         if source is None:
-            return target.map(lambda t: {"target": t})
-        return tf.data.Dataset.zip(target, source_batches(epoch)).map(lambda t, s: {"target": t, "source": s})
+            return pairs.map(lambda t: {"target": t})
+        # One fresh permutation of the source images per pass, as many passes as the epoch needs.
+        source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch
+        sources = tf.data.Dataset.counter().flat_map(
+            lambda k: tf.data.Dataset.from_tensor_slices(_permutation(m, tf.stack([source_seed, k]))))
+        sources = sources.batch(batch_size, drop_remainder=True).map(lambda index: gather(source, index))
+        return tf.data.Dataset.zip(pairs, sources).map(lambda t, s: {"target": t, "source": s})
 
-    if shuffle:
-        batches = tf.data.Dataset.counter(first_epoch).flat_map(lambda epoch: one_pass(
-            tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=_epoch_seed(seed, epoch)),
-            epoch, drop_remainder=n > batch_size))
+    # The batch count is known, but not to tf.data once a source stream is zipped in; Keras needs it.
+    batches = batches_per_epoch(n, batch_size, shuffle=shuffle)
+    if not shuffle:
+        dataset = one_epoch(0).apply(tf.data.experimental.assert_cardinality(batches))
     else:
-        batches = one_pass(tf.range(n, dtype=tf.int64), tf.constant(-1, tf.int64), drop_remainder=False)
-    return batches.prefetch(tf.data.AUTOTUNE)
+        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches * max(0, epochs[1] - epochs[0])))
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -217,6 +217,17 @@ def lost_workers(error: BaseException, distribution: Distribution) -> list:
     return found
 
 
+def is_lost_worker(error: BaseException, distribution: Distribution) -> bool:
+    """Whether ``error`` means a peer of this multi-worker run is gone (a failed collective), not a bug here."""
+    import tensorflow as tf
+
+    if distribution.num_workers == 1:
+        return False
+    communication = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                     tf.errors.DeadlineExceededError)
+    return isinstance(error, communication) or bool(lost_workers(error, distribution))
+
+
 def lost_worker_message(error: BaseException, distribution: Distribution) -> str:
     """What to tell the user when a collective fails because a peer is gone (names it, says how to resume)."""
     lost = lost_workers(error, distribution)

@@ -38,11 +38,20 @@ def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "
     return keras.Model(inputs, [fc6, fc7], name=name)
 
 
-def build_text_branch(vocab_size: int, *, widths=(4096, 4096), dropout: float = 0.0,
+def build_text_branch(vocab_size: int, *, widths=(4096, 4096), dropout: float = 0.0, input_norm: str = "batchnorm",
                       name: str = "text_branch") -> keras.Model:
-    """Bag-of-words vector -> BatchNorm with learnable scale -> ``fc6_t`` -> ``fc7_t``; outputs ``[fc6, fc7]``."""
+    """Bag-of-words vector -> input normalisation -> ``fc6_t`` -> ``fc7_t``; outputs ``[fc6, fc7]``.
+
+    ``input_norm``: ``batchnorm`` (the released model: BatchNorm with learnable scale on the raw vector) or
+    ``l2`` (sublinear term weights log(1 + w) scaled to unit length per document, as TF-IDF is usually fed to
+    linear models; column 0, the count of out-of-vocabulary tokens, is left out: in long texts it dwarfs
+    every term and would take most of the unit length).
+    """
     inputs = keras.Input(shape=(vocab_size,), name="bag_of_words")
-    x = keras.layers.BatchNormalization(name="text_input_bn")(inputs)
+    if input_norm == "l2":
+        x = keras.layers.UnitNormalization(name="text_input_l2")(keras.ops.log1p(inputs[:, 1:]))
+    else:
+        x = keras.layers.BatchNormalization(name="text_input_bn")(inputs)
     fc6 = _dense_bn_relu(x, widths[0], "fc6_t", dropout)
     fc7 = _dense_bn_relu(fc6, widths[1], "fc7_t", dropout)
     return keras.Model(inputs, [fc6, fc7], name=name)

@@ -64,7 +64,8 @@ class CHTNModel(keras.Model):
         self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
                                                dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
                                                name="image_branch")
-        self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout)
+        self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout,
+                                            input_norm=model_cfg.text_input_norm)
         fc7_width = model_cfg.branch_widths[1]
         if model_cfg.shared_layers:
             self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths)
@@ -223,13 +224,22 @@ class CHTNModel(keras.Model):
         return self.text_encoder(texts, training=False)
 
 
-def make_optimizer(config) -> keras.optimizers.Optimizer:
-    """The optimiser of an :class:`~chtn_tf.model.config.OptimizerConfig`; no decay on biases and BatchNorm."""
+def make_optimizer(config, *, total_steps: int = 0) -> keras.optimizers.Optimizer:
+    """The optimiser of an :class:`~chtn_tf.model.config.OptimizerConfig`; no decay on biases and BatchNorm.
+
+    Args:
+        config: the optimiser section of the run's config.
+        total_steps: optimiser steps the run will take (epochs x batches per epoch); the ``cosine`` schedule
+            decays the learning rate to 0 over them. Ignored by the ``constant`` schedule.
+    """
+    learning_rate = config.learning_rate
+    if config.schedule == "cosine" and total_steps > 0:
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=int(total_steps))
     if config.name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum,
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum,
                                          weight_decay=config.weight_decay or None)
     elif config.name == "adam":
-        optimizer = keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {config.name!r}")
     if config.weight_decay:
