@@ -306,3 +306,27 @@ def test_a_worker_reads_the_chiefs_checkpoint_once_at_resume(tmp_path):
     assert state["epoch"] == 0
     shutil.rmtree(run / "checkpoints" / "last")  # the chief has moved on to its next checkpoint
     worker.save_last(1, state)  # the worker's own (throw-away) save must not need the old file
+
+
+def test_a_search_trains_its_trials_under_a_mirrored_strategy(tmp_path, capsys):
+    """`training.tune --strategy mirrored`: keras-tuner's callbacks through the replica loop give the trial the
+    validation MAP the default strategy gives (one CPU device here: one replica)."""
+    from tests.fixtures_data import make_wikipedia_fixture
+    from training import tune
+
+    make_wikipedia_fixture(tmp_path / "data")
+    small = ExperimentConfig()
+    small.data.dataset, small.data.data_dir = "wikipedia", str(tmp_path / "data")
+    small.model.branch_widths, small.model.shared_widths = (16, 16), (16, 8)
+    small.model.dropout, small.train.batch_size = 0.0, 16
+    small.to_json(str(tmp_path / "base.json"))
+    scores = {}
+    for strategy in ("default", "mirrored"):
+        out = tmp_path / strategy
+        argv = ["--config", str(tmp_path / "base.json"), "--out", str(out), "--epochs", "2", "--max-trials", "1",
+                "--strategy", strategy]
+        assert tune.main(argv) == 0
+        trials = json.loads((out / "trials.json").read_text())["trials"]
+        assert [t["status"] for t in trials] == ["COMPLETED"]
+        scores[strategy] = trials[0]["val_map_avg"]
+    assert scores["mirrored"] == pytest.approx(scores["default"], abs=1e-4)

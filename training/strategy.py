@@ -161,17 +161,19 @@ def default_distribution() -> Distribution:
     return Distribution(tf.distribute.get_strategy(), "default", None)
 
 
-def select_strategy(choice: str = "auto") -> Distribution:
+def select_strategy(choice: str = "auto", *, use_tf_config: bool = True) -> Distribution:
     """Creates the strategy ``--strategy choice`` asks for (see the module docstring); call it first.
+
+    ``use_tf_config=False``: one process whatever ``TF_CONFIG`` says (``auto`` is then mirrored or default).
 
     Raises:
         StrategyError: an unknown choice, a bad ``TF_CONFIG``, or a choice that contradicts it.
     """
     import tensorflow as tf
 
-    if choice not in CHOICES:
+    if choice not in CHOICES or (choice == "multi-worker" and not use_tf_config):
         raise StrategyError(f"--strategy must be one of {', '.join(CHOICES)}, got {choice!r}")
-    cluster = read_tf_config()
+    cluster = read_tf_config() if use_tf_config else None
     several = cluster is not None and cluster.num_workers > 1
     if choice == "auto":
         if several:

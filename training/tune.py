@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", help="image backbone for raw-image datasets (default: the config's)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep every trial's weights (default: only the best trial's; hyperband keeps all)")
+    parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto",
+                        help="tf.distribute strategy of each trial (default auto: mirrored over several GPUs, else "
+                             "default); searches scale out over machines with KERASTUNER_* (see the module doc)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
                         help="Keras output inside a trial: 0 validation MAP lines only, 1 progress bars, 2 a line per epoch")
     return parser
@@ -290,6 +293,10 @@ def main(argv=None) -> int:
         return 2
     try:
         role = tuning_role()
+        from training.strategy import select_strategy
+
+        # First (a strategy must exist before TensorFlow runs anything); TF_CONFIG plays no part in a search.
+        distribution = select_strategy(args.strategy, use_tf_config=False)
         base = base_config(args)
         from training.inputs import prepare_inputs
 
@@ -300,7 +307,8 @@ def main(argv=None) -> int:
 
     from training.hypermodel import CHTNHyperModel
 
-    hypermodel = CHTNHyperModel(base, inputs, epochs=args.epochs, fit_verbose=args.verbose)
+    hypermodel = CHTNHyperModel(base, inputs, epochs=args.epochs, fit_verbose=args.verbose,
+                                strategy=distribution.strategy)
     names = [d.name for d in hypermodel.dimensions]
     dataset = hypermodel.inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val pairs "
