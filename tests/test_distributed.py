@@ -330,3 +330,35 @@ def test_a_search_trains_its_trials_under_a_mirrored_strategy(tmp_path, capsys):
         assert [t["status"] for t in trials] == ["COMPLETED"]
         scores[strategy] = trials[0]["val_map_avg"]
     assert scores["mirrored"] == pytest.approx(scores["default"], abs=1e-4)
+
+
+def test_a_worker_that_is_not_the_chief_writes_nothing_and_needs_the_shared_run_folder(tmp_path, monkeypatch):
+    """Worker 1 of 2 (played in one process on the default strategy): it trains, writes nothing in --out and
+    nothing left in its temporary folder, and says the run folder must be shared when the chief's is missing."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from tests.fixtures_data import make_wikipedia_fixture
+    from training.inputs import prepare_inputs
+    from training.run import train_and_evaluate
+
+    make_wikipedia_fixture(tmp_path / "data")
+    config = ExperimentConfig()
+    config.data.dataset, config.data.data_dir = "wikipedia", str(tmp_path / "data")
+    config.model.branch_widths, config.model.shared_widths = (16, 16), (16, 8)
+    config.train.epochs = 2
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1])
+    worker1 = Distribution(tf.distribute.get_strategy(), "MultiWorkerMirroredStrategy",
+                           ClusterSpec(("127.0.0.1:1", "127.0.0.1:2"), 1))
+    run = tmp_path / "run"
+    with pytest.raises(StrategyError, match="must be a folder every worker shares"):
+        train_and_evaluate(config, prepare_inputs(config, progress=False), str(run), distribution=worker1)
+    assert not run.exists() or not any(run.rglob("*"))
+    # Its checkpoints went to throw-away folders (last every epoch, best at least once), all gone now.
+    assert len([m for m in made if "chtn-worker" in m]) >= 3 and not list(scratch.glob("chtn-worker*"))

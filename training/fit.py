@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         results = train_and_evaluate(config, inputs, run_dir, resume=resume,
                                      verbose=2 if args.quiet or not sys.stdout.isatty() else "auto",
                                      distribution=distribution)
-    except (RunConflict, FolderBusy) as e:
+    except (RunConflict, FolderBusy, StrategyError) as e:
         return _error(str(e))
     except tf.errors.OpError as e:
         from training.strategy import is_lost_worker, lost_worker_message

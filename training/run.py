@@ -28,7 +28,7 @@ from training.callbacks import ResumableEarlyStopping, RunCheckpointer, Validati
 from training.inputs import PreparedInputs, batches_per_epoch, target_batches
 from training.examples import write_run_examples
 from training.replica_loop import fit_replicated, uses_replica_loop
-from training.strategy import Distribution, default_distribution
+from training.strategy import Distribution, StrategyError, default_distribution
 
 log = logging.getLogger("chtn")
 
@@ -286,6 +286,9 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer, dis
 
     # Every worker is past its last epoch, so the chief's checkpoints are complete.
     distribution.barrier()
+    if not writer and not checkpoint.has_checkpoint(run_dir):
+        raise StrategyError(f"worker {distribution.worker_index} finds no checkpoint of the chief in {run_dir}: the "
+                            f"run folder (--out) must be a folder every worker shares (the same path on each)")
     restore_best(run_dir, model)
     test = evaluate_split(model, inputs, "test")
     dataset = inputs.dataset
