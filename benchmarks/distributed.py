@@ -93,7 +93,8 @@ def part_extract(args) -> dict:
     result = extract_features(paths, spec, cache_dir=args.cache, progress=False, shard=shard)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"shard": args.shard, "images": len(paths), "computed": result.computed, "seconds": round(seconds, 1),
-            "images_per_s": round(result.computed / seconds, 1), "cpu_s_per_image": round(cpu / max(1, result.computed), 3),
+            "images_per_s": round(result.computed / seconds, 1),
+            "cpu_s_per_image": round(cpu / max(1, result.computed), 3),
             "features": result.features.shape[0]}
 
 
@@ -150,14 +151,16 @@ def distributed_section(report: dict) -> str:
              "runs its half of every batch at about the one-process rate.", "",
              f"Training on Wikipedia (registered defaults, global batch {one['global_batch']}, cached features), "
              f"medians over {one['timed_steps']} steps after the first epoch:", "",
-             "| setup | strategy | step (ms) | steps/s | pairs/s | CPU ms per step (per process) |", "|---|---|---|---|---|---|",
+             "| setup | strategy | step (ms) | steps/s | pairs/s | CPU ms per step (per process) |",
+             "|---|---|---|---|---|---|",
              f"| 1 process | {one['strategy']} | {one['step_ms_p50']:.0f} | {one['steps_per_s']:.2f} | "
              f"{one['pairs_per_s']:.0f} | {one['cpu_ms_per_step']:.0f} |"]
     for i, w in enumerate(two):
         lines.append(f"| 2 workers, worker {i} | {w['strategy']} | {w['step_ms_p50']:.0f} | {w['steps_per_s']:.2f} | "
                      f"{w['pairs_per_s']:.0f} | {w['cpu_ms_per_step']:.0f} |")
-    lines += ["", f"Every step of the 2 workers all-reduces the gradients ({one['trainable_parameters'] / 1e6:.1f} M "
-              f"float32 values, {4 * one['trainable_parameters'] / 2**20:.0f} MiB), the BatchNorm moments (global-batch "
+    parameters = one["trainable_parameters"]
+    lines += ["", f"Every step of the 2 workers all-reduces the gradients ({parameters / 1e6:.1f} M float32 values, "
+              f"{4 * parameters / 2**20:.0f} MiB), the BatchNorm moments (global-batch "
               "statistics) and the loss terms over gRPC on the loopback interface. Each worker computes half a "
               "batch (about half the one-process CPU time); the rest of its CPU time per step goes to that "
               "traffic. pairs/s counts the global batch.", "",

@@ -88,7 +88,8 @@ def test_a_lost_peer_is_named_from_the_collective_error():
     assert lost_workers(RuntimeError("/job:worker/replica:0/task:1"), chiefed) == [2]
 
 
-@pytest.mark.parametrize("count, batch, shards", [(100, 32, 2), (64, 32, 2), (5, 2, 3), (3, 32, 2), (0, 8, 2), (97, 8, 5)])
+@pytest.mark.parametrize("count, batch, shards",
+                         [(100, 32, 2), (64, 32, 2), (5, 2, 3), (3, 32, 2), (0, 8, 2), (97, 8, 5)])
 def test_shards_are_whole_batches_that_tile_the_images(count, batch, shards):
     plan = batch_plan(count, batch)
     assert [i for a, b in plan for i in range(a, b)] == list(range(count))

@@ -63,7 +63,8 @@ def read_tf_config(environ=None) -> Optional[ClusterSpec]:
         config = json.loads(raw)
     except json.JSONDecodeError as e:
         raise StrategyError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}); expected "
-                            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": I}}') from e
+                            '{"cluster": {"worker": ["host:port", ...]}, '
+                            '"task": {"type": "worker", "index": I}}') from e
     if not isinstance(config, dict):
         raise StrategyError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
     cluster, task = config.get("cluster") or {}, config.get("task") or {}
@@ -85,7 +86,8 @@ def read_tf_config(environ=None) -> Optional[ClusterSpec]:
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in JOBS or not isinstance(index, int) or not 0 <= index < len(cluster.get(task_type) or []):
         raise StrategyError(f"TF_CONFIG task {task!r} is not in the cluster; expected "
-                            f'"task": {{"type": "worker", "index": I}} with 0 <= I < {len(cluster.get("worker") or [])}')
+                            f'"task": {{"type": "worker", "index": I}} with '
+                            f'0 <= I < {len(cluster.get("worker") or [])}')
     worker_index = index if task_type == "chief" else index + len(cluster.get("chief") or [])
     if len(set(workers)) != len(workers):
         raise StrategyError(f"TF_CONFIG lists an address twice ({workers}); each task needs its own host:port")

@@ -133,7 +133,8 @@ class ChiefWatch:
             elif seen:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > self.grace and not self._stop.is_set():
-                    self.on_lost(f"lost the tuning chief at {self.host}:{self.port} (no answer for {self.grace:.0f} s); "
+                    self.on_lost(f"lost the tuning chief at {self.host}:{self.port} "
+                                 f"(no answer for {self.grace:.0f} s); "
                                  f"the trial in progress is abandoned. Restart the chief with the same command: it "
                                  f"continues the search, and this worker (same KERASTUNER_TUNER_ID) resumes its trial")
                     return

@@ -236,7 +236,8 @@ def _merge_shards(folder, stem, num_shards, owners, count, stall_seconds) -> Fea
             failed.sort()
             _write_entry(cache_file, features, failed)
             for i in owners:
-                for leftover in (_shard_file(folder, stem, i, num_shards), _heartbeat_file(folder, stem, i, num_shards)):
+                for leftover in (_shard_file(folder, stem, i, num_shards),
+                                 _heartbeat_file(folder, stem, i, num_shards)):
                     with contextlib.suppress(FileNotFoundError):
                         leftover.unlink()
             return FeatureSet(features, failed, str(cache_file), False)

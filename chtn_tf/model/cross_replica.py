@@ -69,7 +69,10 @@ def replica_shares(terms: dict, batch: dict) -> dict:
 
 
 def global_values(loss, shares: dict) -> tuple:
-    """``(loss, terms)`` of the global batch: the replicas' shares summed (one all-reduce); as given with one replica."""
+    """``(loss, terms)`` of the global batch: the replicas' shares summed (one all-reduce).
+
+    With one replica they are returned as given.
+    """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return loss, shares
