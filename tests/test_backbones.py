@@ -107,7 +107,8 @@ def test_weights_reader_reads_the_lite_state_dicts(arch, params, blocks):
     state = load_state_dict(weights_file(arch))
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["_fc.weight"].shape == (1000, 1280)
-    count = sum(v.size for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    count = sum(v.size for k, v in state.items()
+                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert count == pytest.approx(params, rel=0.01)
     # Stage strides from the weights: five stride-2 convolutions in all (the stem and four stages), so 224 -> 7.
     configs = block_configs(state)
@@ -325,3 +326,39 @@ def test_auto_falls_back_to_lite0_offline(tmp_path, monkeypatch, caplog):
     assert spec.name == "efficientnet-lite0" and spec.feature_dim == 1280 and spec.image_size == 224
     assert spec.handle == str(tmp_path / "hub" / "efficientnet-lite0-feature_vector")
     assert "efficientnet-lite0" in caplog.text
+
+
+def test_pick_lite_backbone_takes_the_most_accurate_that_fits():
+    from chtn_tf.backbones.registry import EXTRACTION_IMAGES_PER_S, pick_lite_backbone
+
+    rates = {"efficientnet-lite0": 30.0, "efficientnet-lite1": 20.0, "efficientnet-lite2": 15.0}
+    # 3,000 images: Lite2 200 s, Lite1 150 s, Lite0 100 s per view.
+    assert pick_lite_backbone(3000, 200, images_per_s=rates) == "efficientnet-lite2"
+    assert pick_lite_backbone(3000, 199, images_per_s=rates) == "efficientnet-lite1"
+    assert pick_lite_backbone(3000, 149, images_per_s=rates) == "efficientnet-lite0"
+    assert pick_lite_backbone(3000, 10, images_per_s=rates) == "efficientnet-lite0"  # none fits: the fastest
+    assert pick_lite_backbone(3000, 400, views=2, images_per_s=rates) == "efficientnet-lite2"
+    assert pick_lite_backbone(3000, 399, views=2, images_per_s=rates) == "efficientnet-lite1"
+    # The recorded rates: the faster an arch, the less accurate.
+    assert EXTRACTION_IMAGES_PER_S["efficientnet-lite0"] > EXTRACTION_IMAGES_PER_S["efficientnet-lite1"] > \
+        EXTRACTION_IMAGES_PER_S["efficientnet-lite2"]
+    with pytest.raises(ValueError, match="budget_seconds > 0"):
+        pick_lite_backbone(3000, 0)
+
+
+def test_auto_with_a_budget_picks_a_lite_backbone(tmp_path, monkeypatch, caplog):
+    from chtn_tf.backbones.registry import EXTRACTION_IMAGES_PER_S
+
+    monkeypatch.setattr("chtn_tf.backbones.registry._reachable", lambda url, timeout=3.0: True)  # even when online
+    for arch in ("efficientnet-lite1", "efficientnet-lite2"):  # stand-in module folders: no rebuild here
+        (tmp_path / "hub" / f"{arch}-feature_vector").mkdir(parents=True)
+        (tmp_path / "hub" / f"{arch}-feature_vector" / "saved_model.pb").write_bytes(b"")
+    n = 3693
+    with caplog.at_level("INFO", logger="chtn"):
+        spec = resolve_backbone("auto", cache_dir=str(tmp_path / "hub"), n_images=n,
+                                budget_seconds=n / EXTRACTION_IMAGES_PER_S["efficientnet-lite2"] + 1)
+    assert (spec.name, spec.image_size) == ("efficientnet-lite2", 260)
+    assert "budget" in caplog.text
+    spec = resolve_backbone("auto", cache_dir=str(tmp_path / "hub"), n_images=n, views=2,
+                            budget_seconds=2 * n / EXTRACTION_IMAGES_PER_S["efficientnet-lite2"] - 1)
+    assert (spec.name, spec.image_size) == ("efficientnet-lite1", 240)

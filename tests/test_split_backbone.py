@@ -146,7 +146,8 @@ def test_top_and_classifier_train_with_batchnorm_and_reload_from_keras_weights(t
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(1).normal(size=(8, *split.map_shape)).astype(np.float32)
     y = np.array([0, 217, 482, 491, 497, 566, 569, 701])
-    watched = {v.path: np.array(v) for v in top.weights if v.path.endswith(("project_conv/kernel", "head_bn/moving_mean"))}
+    watched = {v.path: np.array(v) for v in top.weights
+               if v.path.endswith(("project_conv/kernel", "head_bn/moving_mean"))}
     assert len(watched) == 2 and len(top.trainable_weights) > 0 and classifier.trainable_weights
     before_fc = np.array(classifier.kernel)
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
