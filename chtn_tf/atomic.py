@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+
+LOCK_FILE = ".lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
 
 
 @contextlib.contextmanager
@@ -48,3 +55,26 @@ def replace_dir_atomic(tmp_dir: str, final_dir: str) -> None:
     os.replace(tmp_dir, final_dir)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, *, flag: str = "--out"):
+    """Holds an exclusive lock on ``folder`` (created if needed) for the duration of the block.
+
+    The lock is the kernel's (``flock`` on ``folder/.lock``): it is released when the process ends, even by
+    SIGKILL, so a killed run never leaves the folder locked.
+
+    Raises:
+        FolderBusy: another process holds it (the message names ``flag``, the option that chose the folder).
+    """
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, LOCK_FILE), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"{folder} is in use by another process (its {LOCK_FILE} is locked); wait for it to "
+                             f"finish or pass another {flag}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,7 +16,8 @@ writes ``SERVING_DIR/chtn_image/<version>/`` and ``SERVING_DIR/chtn_text/<versio
 encoders' outputs reproduces the run's retrieval. Each version folder also holds
 ``assets.extra/tf_serving_warmup_requests`` (one PredictionLog per signature). Both versions are written
 under hidden temporary names beside them and renamed into place only once both are complete, so a server
-polling the folder never sees half of a version, nor an image version without its text version. The graphs
+polling the folder never sees half of a version, nor an image version without its text version; the hidden
+folders an interrupted export left are removed by the next export into the same folder. The graphs
 use only core TensorFlow ops (checked before the rename), which the stock ``tensorflow_model_server`` has.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from chtn_tf.atomic import FolderBusy, atomic_path, folder_lock
 from chtn_tf.data.pipeline import decode_image
 from chtn_tf.model.persist import load_trained_model
 
@@ -228,9 +231,9 @@ def write_models_config(serving_dir: str, *, base_path: str | None = None) -> st
     entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
                       f'    model_platform: "tensorflow"\n  }}\n' for name in (IMAGE_MODEL, TEXT_MODEL))
     path = os.path.join(serving_dir, "models.config")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"model_config_list {{\n{entries}}}\n")
-    os.replace(path + ".tmp", path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"model_config_list {{\n{entries}}}\n")
     return path
 
 
@@ -250,18 +253,46 @@ def export_run(run_dir: str, serving_dir: str, *, version: int | None = None,
             raise FileExistsError(f"{folder}/{version} exists; versions are immutable: pass another --version "
                                   f"or omit it")
     image_warmup, text_warmup = _warmup_requests(info)
-    staged = {}
-    try:
-        staged[folders[IMAGE_MODEL]] = stage_version(folders[IMAGE_MODEL], version, *image_signatures(model, info),
-                                                     image_warmup)
-        staged[folders[TEXT_MODEL]] = stage_version(folders[TEXT_MODEL], version, *text_signatures(model),
-                                                    text_warmup)
-        published = publish_versions(staged, version)
-    finally:
-        for tmp in staged.values():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with folder_lock(serving_dir):
+        removed = remove_export_leftovers(serving_dir)
+        if removed:
+            print(f"removed {len(removed)} leftover(s) of an interrupted export: {', '.join(removed)}", flush=True)
+        staged = {}
+        try:
+            staged[folders[IMAGE_MODEL]] = stage_version(folders[IMAGE_MODEL], version,
+                                                         *image_signatures(model, info), image_warmup)
+            staged[folders[TEXT_MODEL]] = stage_version(folders[TEXT_MODEL], version, *text_signatures(model),
+                                                        text_warmup)
+            published = publish_versions(staged, version)
+        finally:
+            for tmp in staged.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+        models_config = write_models_config(serving_dir, base_path=model_base_path)
     return {"image": published[folders[IMAGE_MODEL]], "text": published[folders[TEXT_MODEL]], "version": version,
-            "models_config": write_models_config(serving_dir, base_path=model_base_path)}
+            "models_config": models_config}
+
+
+def remove_export_leftovers(serving_dir: str) -> list:
+    """Removes what an interrupted export left in ``serving_dir``; returns the removed paths.
+
+    Those are the hidden staging folders ``<model>/.tmp-<version>-*`` (never served: TF Serving loads only
+    integer-named folders) and the temporary files ``.tmp-*`` of the atomic ``models.config`` write. Call it
+    only while holding the serving folder's lock (another export's staging folder is not a leftover).
+    """
+    removed = []
+    if os.path.isdir(serving_dir):
+        removed += [os.path.join(serving_dir, n) for n in os.listdir(serving_dir)
+                    if n.startswith(".tmp-") and os.path.isfile(os.path.join(serving_dir, n))]
+    for name in (IMAGE_MODEL, TEXT_MODEL):
+        folder = os.path.join(serving_dir, name)
+        if os.path.isdir(folder):
+            removed += [os.path.join(folder, n) for n in os.listdir(folder) if re.fullmatch(r"\.tmp-\d+-.+", n)]
+    for path in removed:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed
 
 
 def main(argv=None) -> int:
@@ -274,7 +305,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export_run(args.run, args.out, version=args.version, model_base_path=args.model_base_path)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, FolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"version {written['version']}:\n  {written['image']}\n  {written['text']}\n  {written['models_config']}")

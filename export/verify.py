@@ -53,7 +53,8 @@ def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_d
     # The same call training.fit makes, so the test split is the run's.
     data = load_dataset(config.data.dataset, manifest=config.data.manifest,
                         data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
-                        val_fraction=config.data.val_fraction, **config.data.options)
+                        val_fraction=config.data.val_fraction, allow_leak=config.data.allow_leak,
+                        **config.data.options)
     test = data.splits["test"]
     encoders = ExportedEncoders.from_serving_dir(serving_dir, version)
     if encoders.image_input == "image_bytes":

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 REAL_DATA_ENV = "CHTN_DATA_DIR"
@@ -94,3 +95,67 @@ def make_nuswide_tree(data_dir, *, classes=("animal", "clouds", "flowers"), per_
         if split != "val" or with_val:
             (root / f"{split}.list").write_text("".join(f"{i}\t{c}\n" for i, c in listed[split]), encoding="utf-8")
     return listed
+
+
+PHOTO_CLASSES = ("sports", "culture", "economy")
+PHOTO_WORDS = {"sports": "match goal team player", "culture": "museum art music film",
+               "economy": "market bank trade price"}
+
+
+def real_photos(data_dir, classes=PHOTO_CLASSES, *, per_class: int = 8) -> dict:
+    """``{class: [absolute paths]}``: the first photos of Web News classes (real JPEGs), ``per_class`` each."""
+    images = pathlib.Path(data_dir) / "webnews" / "images"
+    return {name: [str(p) for p in sorted((images / name).glob("*.jpg"))[:per_class]] for name in classes}
+
+
+def write_manifest(path, rows, *, columns=("image", "text", "label", "split"), encoding="utf-8") -> str:
+    """A CSV manifest from row tuples (cells are quoted; a ``bytes`` cell is written as it is)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(columns).encode(encoding)]
+    for row in rows:
+        cells = [cell if isinstance(cell, bytes) else str(cell).encode(encoding) for cell in row]
+        lines.append(b",".join(b'"' + cell.replace(b'"', b'""') + b'"' for cell in cells))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+def photo_rows(photos: dict, *, splits=("test", "val", "train", "train", "train", "train"), seed: int = 0) -> list:
+    """Manifest rows ``(image, text, label, split)``: photo ``i`` of a class goes to ``splits[i % len(splits)]``
+    and gets a text of its class's words."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, paths in photos.items():
+        for i, path in enumerate(paths):
+            text = " ".join(rng.choice(PHOTO_WORDS[name].split() + ["the", "a"], 6))
+            rows.append((path, text, name, splits[i % len(splits)]))
+    return rows
+
+
+WIKIPEDIA_CLASSES = ["art", "biology", "sport"]
+WIKIPEDIA_WORDS = {0: "painting museum canvas artist", 1: "cell species gene organism", 2: "football match goal team"}
+
+
+def make_wikipedia_fixture(data_dir, *, per_class=(24, 6), seed=0):
+    """The Wikipedia layout (lists, XML texts, raw_features.mat) with class-separable features and texts."""
+    rng = np.random.default_rng(seed)
+    info = data_dir / "wikipedia" / "wikipedia_info"
+    texts = data_dir / "wikipedia" / "wikipedia_dataset" / "texts"
+    info.mkdir(parents=True)
+    texts.mkdir(parents=True)
+    (info / "categories.list").write_text("\n".join(WIKIPEDIA_CLASSES) + "\n")
+    centres = rng.normal(size=(len(WIKIPEDIA_CLASSES), 16)) * 3
+    features = {}
+    for split, count, key in (("trainset", per_class[0], "I_tr"), ("testset", per_class[1], "I_te")):
+        lines, rows = [], []
+        for c in range(len(WIKIPEDIA_CLASSES)):
+            for k in range(count):
+                text_id = f"{split}-{c}-{k}"
+                words = WIKIPEDIA_WORDS[c].split()
+                body = " ".join(rng.choice(words + ["the", "of", "and"], size=12))
+                (texts / f"{text_id}.xml").write_text(f'<document id="{text_id}"><text>{body} &amp; more</text></document>')
+                lines.append(f"{text_id}\timg{text_id}\t{c + 1}")
+                rows.append(centres[c] + rng.normal(size=16))
+        (info / f"{split}_txt_img_cat.list").write_text("\n".join(lines) + "\n")
+        features[key] = np.asarray(rows)
+    scipy.io.savemat(str(info / "raw_features.mat"), features)

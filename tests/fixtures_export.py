@@ -17,7 +17,7 @@ from PIL import Image
 from chtn_tf.model.config import ExperimentConfig
 from export.saved_model import export_run
 from tests.test_backbones import write_tiny_hub_module
-from tests.test_fit import make_wikipedia_fixture
+from tests.fixtures_data import make_wikipedia_fixture
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 WORDS = {"red": "fire tomato apple", "green": "grass forest leaf", "blue": "sea sky water"}

@@ -121,9 +121,10 @@ def test_warmup_records_parse_and_are_valid_requests(image_run, feature_run):
 def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_path, capsys):
     serving = tmp_path / "serving"
     (serving / "chtn_image" / ".tmp-7-leftover").mkdir(parents=True)  # a crashed export's leftovers
+    (serving / "chtn_image" / "notes").mkdir()  # not the export's: kept
     shutil.copytree(feature_run["written"]["text"], serving / "chtn_text" / "3")  # versions exist in one model
     assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--model-base-path", "/models"]) == 0
-    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == [".tmp-7-leftover", "4"]
+    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == ["4", "notes"]  # leftover removed
     assert saved_model.existing_versions(str(serving / "chtn_text")) == [3, 4]
     config = (serving / "models.config").read_text()
     assert re.findall(r'name: "(\w+)"\s+base_path: "([^"]+)"\s+model_platform: "tensorflow"', config) == [
@@ -133,7 +134,9 @@ def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_pa
     assert not (serving / "chtn_image" / "3").exists()  # checked before anything is written
     assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--version", "0"]) == 2
     assert saved_model.main(["--run", str(tmp_path), "--out", str(serving)]) == 2
-    assert "best.weights.h5 is missing" in capsys.readouterr().err
+    assert "is not a chtn run folder: config.json is missing" in capsys.readouterr().err
+    assert saved_model.main(["--run", str(tmp_path / "no-such-run"), "--out", str(serving)]) == 2
+    assert f"run folder {tmp_path / 'no-such-run'} does not exist" in capsys.readouterr().err
 
     # A failure while writing the text model (the second) leaves no version folder a server could pick
     # up, not even the complete image one, and no temporary folder.
@@ -152,7 +155,7 @@ def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_pa
     finally:
         saved_model.write_warmup = original
     assert calls == ["chtn_image", "chtn_text"]
-    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == [".tmp-7-leftover", "4"]
+    assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == ["4", "notes"]  # leftover removed
     assert sorted(p.name for p in (serving / "chtn_text").iterdir()) == ["3", "4"]
 
 

@@ -4,41 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import scipy.io
 
 from chtn_tf.metrics.retrieval import mean_average_precision
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import load_trained_model
+from tests.fixtures_data import WIKIPEDIA_CLASSES as CLASSES
+from tests.fixtures_data import make_wikipedia_fixture
 from training import fit
-
-CLASSES = ["art", "biology", "sport"]
-WORDS = {0: "painting museum canvas artist", 1: "cell species gene organism", 2: "football match goal team"}
-
-
-def make_wikipedia_fixture(data_dir, *, per_class=(24, 6), seed=0):
-    """The Wikipedia layout (lists, XML texts, raw_features.mat) with class-separable features and texts."""
-    rng = np.random.default_rng(seed)
-    info = data_dir / "wikipedia" / "wikipedia_info"
-    texts = data_dir / "wikipedia" / "wikipedia_dataset" / "texts"
-    info.mkdir(parents=True)
-    texts.mkdir(parents=True)
-    (info / "categories.list").write_text("\n".join(CLASSES) + "\n")
-    centres = rng.normal(size=(len(CLASSES), 16)) * 3
-    features = {}
-    for split, count, key in (("trainset", per_class[0], "I_tr"), ("testset", per_class[1], "I_te")):
-        lines, rows = [], []
-        for c in range(len(CLASSES)):
-            for k in range(count):
-                text_id = f"{split}-{c}-{k}"
-                words = WORDS[c].split()
-                body = " ".join(rng.choice(words + ["the", "of", "and"], size=12))
-                (texts / f"{text_id}.xml").write_text(f'<document id="{text_id}"><text>{body} &amp; more</text></document>')
-                lines.append(f"{text_id}\timg{text_id}\t{c + 1}")
-                rows.append(centres[c] + rng.normal(size=16))
-        (info / f"{split}_txt_img_cat.list").write_text("\n".join(lines) + "\n")
-        features[key] = np.asarray(rows)
-    scipy.io.savemat(str(info / "raw_features.mat"), features)
-
 
 @pytest.fixture(scope="module")
 def fixture_run(tmp_path_factory):
@@ -61,7 +33,7 @@ def fixture_run(tmp_path_factory):
 
 def test_fit_writes_a_complete_run_folder(fixture_run):
     run_dir, _, _ = fixture_run
-    for name in ("config.json", "text_vectorizer.json", "model_info.json", "best.weights.h5", "history.json",
+    for name in ("config.json", "text_vectorizer.json", "model_info.json", "checkpoints/best/checkpoint", "history.json",
                  "results.json", "pr_curves.png", "training_curves.png"):
         assert (run_dir / name).is_file(), name
     assert any(p.name.startswith("events") for p in (run_dir / "logs").rglob("*")), "no TensorBoard events"

@@ -11,7 +11,8 @@ from chtn_tf import losses
 from chtn_tf.model.chtn import LOSS_TERMS, CHTNModel, make_optimizer
 from chtn_tf.model.config import ExperimentConfig, ModelConfig, dataset_config
 from chtn_tf.model.persist import load_trained_model, save_model_definition
-from chtn_tf.model.text import build_text_vectorizer
+from chtn_tf.model.text import build_text_vectorizer, load_text_vectorizer, save_text_vectorizer
+from training.checkpoint import RunCheckpoints
 
 TEXTS = ["red apple fruit", "green apple tree", "fast red car", "blue car road", "apple pie sweet", "car engine fast"]
 LABELS = np.array([0, 0, 1, 1, 0, 1], np.int32)
@@ -130,10 +131,26 @@ def test_save_load_gives_the_same_codes(tmp_path):
         model.train_step(batch())
     run_dir = str(tmp_path)
     save_model_definition(run_dir, model, class_names=["fruit", "car"], backbone={"name": "precomputed"})
-    model.save_weights(str(tmp_path / "best.weights.h5"))
+    RunCheckpoints(run_dir, model).save_best(0)
     loaded, info = load_trained_model(run_dir)
     features = np.random.default_rng(2).normal(size=(4, 7)).astype(np.float32)
     np.testing.assert_allclose(loaded.encode_images(features), model.encode_images(features), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loaded.encode_texts(TEXTS + ["unseen words"]), model.encode_texts(TEXTS + ["unseen words"]),
                                rtol=1e-5, atol=1e-6)
     assert info["class_names"] == ["fruit", "car"]
+
+
+@pytest.mark.parametrize("analyzer,weighting", [("word", "tf_idf"), ("char", "tf_idf"), ("char", "count")])
+def test_text_vectorizer_file_rebuilds_the_same_layer(tmp_path, analyzer, weighting):
+    texts = ["Red apple, fruit!", "green apple\ntree", "国庆长假期间，大桥的建设者", "car road fast fast"]
+    config = ModelConfig(text_analyzer=analyzer, text_weighting=weighting, text_vocab_size=30)
+    layer = build_text_vectorizer(config, texts)
+    path = str(tmp_path / "text_vectorizer.json")
+    save_text_vectorizer(layer, path)
+    saved = json.loads(open(path, encoding="utf-8").read())
+    assert sorted(saved) == ["config", "variables", "vocabulary"]  # the layer's config, not private attributes
+    assert saved["config"]["output_mode"] == weighting
+    loaded = load_text_vectorizer(path)
+    assert loaded.get_vocabulary() == layer.get_vocabulary()
+    queries = tf.constant(texts + ["unseen words", "", "apple 大桥 \n"])
+    np.testing.assert_allclose(loaded(queries).numpy(), layer(queries).numpy(), rtol=1e-6)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 
 import keras
 import numpy as np
 
 from chtn_tf.metrics.retrieval import mean_average_precision
-from training import checkpoint
+from training.checkpoint import RunCheckpoints
 
-log = logging.getLogger("chtn")
+MONITOR = "val_map_avg"
 
 
 def retrieval_map(model, features, texts, labels) -> dict:
@@ -48,20 +46,29 @@ class ValidationMAP(keras.callbacks.Callback):
 
 
 class RunCheckpointer(keras.callbacks.Callback):
-    """Keeps the best weights by validation MAP and a resumable "last" checkpoint, both written atomically.
+    """Keeps the best encoders by validation MAP and a resumable "last" checkpoint with the run's history.
+
+    At the end of every epoch: the epoch's logs join the history; when ``monitor`` beats the best value so far
+    the encoders are saved as ``checkpoints/best``; then the model, the optimiser and the run state
+    (``{"epoch", "best", "best_epoch", "history"}``) are saved together as ``checkpoints/last``.
+
+    Keras' own callbacks do not give these guarantees, hence this one: ``ModelCheckpoint`` writes its file in
+    place (a kill during the write destroys the previous best), its weights-only file still carries the
+    optimiser's state, and its best value does not survive a restart. ``BackupAndRestore`` writes the weights
+    and the epoch number as two files one after the other (a kill between them resumes at the wrong epoch),
+    keys the optimiser's variables by position, and keeps nothing else of the run (best value, history).
+    Early stopping is Keras' ``EarlyStopping`` (:class:`ResumableEarlyStopping`).
 
     Args:
-        run_dir: the run folder.
+        checkpoints: the run's :class:`~training.checkpoint.RunCheckpoints`.
         monitor: the log key to maximise (never a test-split figure).
-        patience: stop after this many epochs without improvement (0: never stop early).
-        state: the resumed run state (``best``, ``best_epoch``, ``history``), or None for a new run.
+        state: the resumed run state, or None for a new run.
     """
 
-    def __init__(self, run_dir: str, *, monitor: str = "val_map_avg", patience: int = 0, state: dict | None = None):
+    def __init__(self, checkpoints: RunCheckpoints, *, monitor: str = MONITOR, state: dict | None = None):
         super().__init__()
-        self.run_dir = run_dir
+        self.checkpoints = checkpoints
         self.monitor = monitor
-        self.patience = patience
         state = state or {}
         self.best = state.get("best", -math.inf)
         self.best_epoch = state.get("best_epoch", -1)
@@ -76,13 +83,31 @@ class RunCheckpointer(keras.callbacks.Callback):
             raise KeyError(f"{self.monitor} is not in the epoch logs; is ValidationMAP before RunCheckpointer?")
         if value > self.best:
             self.best, self.best_epoch = float(value), epoch
-            checkpoint.save_weights_atomic(self.model, os.path.join(self.run_dir, checkpoint.BEST_WEIGHTS))
-        state = {"epoch": epoch, "best": self.best, "best_epoch": self.best_epoch, "history": self.history}
-        checkpoint.save_last(self.model, self.run_dir, state)
-        if self.patience and epoch - self.best_epoch >= self.patience:
-            log.info("no better %s for %d epochs: stopping", self.monitor, self.patience)
-            self.model.stop_training = True
+            self.checkpoints.save_best(epoch)
+        self.checkpoints.save_last(epoch, {"epoch": epoch, "best": self.best, "best_epoch": self.best_epoch,
+                                           "history": self.history})
 
-    def write_history(self):
-        path = os.path.join(self.run_dir, "history.json")
-        checkpoint.write_json_atomic(path, self.history)
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` on validation MAP that continues a resumed run's count instead of starting over.
+
+    Args:
+        patience: epochs without a better ``monitor`` value before training stops (at least 1).
+        state: the resumed run state (``best``, ``best_epoch``, ``epoch``), or None for a new run.
+    """
+
+    def __init__(self, *, patience: int, state: dict | None = None, monitor: str = MONITOR):
+        super().__init__(monitor=monitor, mode="max", patience=patience)
+        self.resumed = state
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed:
+            self.best = self.resumed["best"]
+            self.best_epoch = self.resumed["best_epoch"]
+            self.wait = self.resumed["epoch"] - self.resumed["best_epoch"]
+
+
+def stopped_early(state: dict, patience: int) -> bool:
+    """Whether a run in ``state`` had already been stopped by :class:`ResumableEarlyStopping`."""
+    return bool(patience) and state["epoch"] > 0 and state["epoch"] - state["best_epoch"] >= patience

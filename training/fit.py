@@ -27,6 +27,22 @@ OVERRIDES = {
 }
 
 
+def number(kind, *, low, low_included: bool = True, high=None):
+    """An argparse type: ``kind`` (int or float) at least (or above) ``low`` and at most ``high``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if (value < low if low_included else value <= low) or (high is not None and value > high):
+            bound = f"{'at least' if low_included else 'above'} {low}"
+            bound += f" and at most {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
     data = parser.add_mutually_exclusive_group()
@@ -37,18 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="data root (default: $CHTN_DATA_DIR, then ~/.cache/chtn/datasets)")
     parser.add_argument("--source", help="source domain: imagenette, none, or a folder <class>/<image> (default auto)")
     parser.add_argument("--backbone", help="auto, efficientnet-lite0, resnet50-v2, or a TF-Hub handle")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--epochs", type=number(int, low=1))
+    parser.add_argument("--batch-size", type=number(int, low=1))
+    parser.add_argument("--seed", type=number(int, low=0))
+    parser.add_argument("--learning-rate", type=number(float, low=0.0, low_included=False))
     parser.add_argument("--optimizer", choices=("sgd", "adam"))
-    parser.add_argument("--mmd-weight", type=float, help="weight of MMD_fc6 + MMD_fc7")
-    parser.add_argument("--pair-weight", type=float, help="weight of pair_fc6 + pair_fc7")
-    parser.add_argument("--source-weight", type=float, help="weight of the source cross-entropy")
+    parser.add_argument("--mmd-weight", type=number(float, low=0.0), help="weight of MMD_fc6 + MMD_fc7")
+    parser.add_argument("--pair-weight", type=number(float, low=0.0), help="weight of pair_fc6 + pair_fc7")
+    parser.add_argument("--source-weight", type=number(float, low=0.0), help="weight of the source cross-entropy")
     parser.add_argument("--representation", choices=("fc10", "fc9"))
     parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
                         help="switch off one part of CHTN")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over, replacing the run in --out (default: continue it)")
+    parser.add_argument("--allow-leak", action="store_true",
+                        help="keep pairs whose image file is also in an earlier split (default: drop them)")
+    parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
+                        help="refuse the data when more than this fraction of its pairs were dropped (default 0.05)")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch instead of progress bars (the default when output is not a terminal)")
     return parser
@@ -66,6 +87,8 @@ def resolve_config(args) -> ExperimentConfig:
     if args.manifest:
         overrides["data.manifest"] = os.path.abspath(args.manifest)
         config.data.dataset = None
+    if args.allow_leak:
+        overrides["data.allow_leak"] = True
     config = config.override(overrides)
     if args.ablation == "no-source":
         config.loss.source_transfer = False
@@ -78,41 +101,83 @@ def resolve_config(args) -> ExperimentConfig:
     return config
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("chtn").setLevel(logging.INFO)  # chtn's progress; libraries' INFO chatter stays hidden
     try:
         config = resolve_config(args)
     except (DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     name = config.data.dataset or os.path.splitext(os.path.basename(config.data.manifest))[0]
     run_dir = args.out or os.path.join("runs", name)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        return _error(f"--out {run_dir} is a file; pass a folder (new, or a run folder to continue)")
 
-    from training.inputs import prepare_inputs
-    from training.run import format_results, train_and_evaluate
+    from chtn_tf.atomic import FolderBusy
+    from chtn_tf.data.checks import check_usable
+    from training.inputs import prepare_inputs, read_dataset
+    from training.run import RunConflict, check_config, check_data, format_results, train_and_evaluate
 
+    resume = not args.no_resume
     try:
-        inputs = prepare_inputs(config, progress=not args.quiet)
-    except (DatasetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if resume:
+            check_config(run_dir, config)  # before the data is read: a refused resume costs nothing
+        dataset = read_dataset(config)
+        if resume:
+            check_data(run_dir, config, dataset)  # the classes, before the features are computed
+    except (DatasetError, RunConflict, ValueError) as e:
+        return _error(str(e))
+    print_problems(dataset)
+    verdict = check_usable(dataset, max_dropped=args.max_dropped)
+    for warning in verdict.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if verdict.errors:
+        return _error(f"{dataset.name} is not usable: " + "; ".join(verdict.errors)
+                      + " (`python -m chtn_tf.data.inspect` lists every problem)")
+    try:
+        inputs = prepare_inputs(config, progress=not args.quiet, dataset=dataset)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        return _error(str(e))
     dataset = inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
           f"{len(dataset.splits['test'])} test pairs, {dataset.num_classes} classes; image input: "
           f"{inputs.backbone['name']} ({inputs.feature_dim}-d); source domain: "
           f"{'none' if inputs.source_features is None else f'{len(inputs.source_features)} images, {inputs.num_source_classes} classes'}",
           flush=True)
-    if dataset.dropped():
-        print(f"  {len(dataset.dropped())} pairs dropped (see `python -m chtn_tf.data.inspect`): "
-              f"{', '.join(dataset.dropped())}", flush=True)
-    results = train_and_evaluate(config, inputs, run_dir, resume=not args.no_resume,
-                                 verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
+    try:
+        if resume:
+            check_data(run_dir, config, inputs)
+        results = train_and_evaluate(config, inputs, run_dir, resume=resume,
+                                     verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
+    except (RunConflict, FolderBusy) as e:
+        return _error(str(e))
     print()
     print(format_results(results))
     print(f"\nrun folder: {run_dir} (results.json, examples.html, pr_curves.png, training_curves.png, "
           f"logs/ for TensorBoard)")
     return 0
+
+
+def print_problems(dataset, *, limit: int = 10) -> None:
+    """One line per kind of dropped pair (count and the first ids), and the first few problems in full."""
+    dropped = [p for p in dataset.problems if p.dropped]
+    if not dropped:
+        return
+    kinds = {}
+    for problem in dropped:
+        kinds.setdefault(problem.kind, []).append(problem)
+    print(f"  {len(dropped)} pairs dropped (`python -m chtn_tf.data.inspect` lists them all):", flush=True)
+    for kind, problems in kinds.items():
+        ids = [p.pair_id or p.where for p in problems]
+        print(f"    {kind}: {len(problems)} ({', '.join(ids[:limit])}{' ...' if len(ids) > limit else ''})")
+    for problem in dropped[:3]:
+        print(f"    - {problem}")
 
 
 if __name__ == "__main__":

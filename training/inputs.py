@@ -56,7 +56,7 @@ def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
     if not data.dataset and not data.manifest:
         raise DatasetError("no data given: pass --dataset NAME or --manifest PATH")
     return load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
-                        val_fraction=data.val_fraction, **data.options)
+                        val_fraction=data.val_fraction, allow_leak=data.allow_leak, **data.options)
 
 
 def _resolve_source(config: ExperimentConfig, dataset: CrossModalDataset) -> Optional[str]:
@@ -72,9 +72,11 @@ def _resolve_source(config: ExperimentConfig, dataset: CrossModalDataset) -> Opt
     return "imagenette" if source == "auto" else source
 
 
-def prepare_inputs(config: ExperimentConfig, *, progress: bool = True) -> PreparedInputs:
-    """Reads the data and computes (or loads cached) image features for every split and the source domain."""
-    dataset = read_dataset(config)
+def prepare_inputs(config: ExperimentConfig, *, progress: bool = True,
+                   dataset: Optional[CrossModalDataset] = None) -> PreparedInputs:
+    """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
+    image features for every split and the source domain."""
+    dataset = read_dataset(config) if dataset is None else dataset
     source_spec = _resolve_source(config, dataset)
 
     if dataset.image_kind == "features":
@@ -119,25 +121,61 @@ def _drop_failed(dataset: CrossModalDataset, split_name: str, split: SplitData, 
     return extracted.features[index], split.subset(index)
 
 
+def batches_per_epoch(n: int, batch_size: int, *, shuffle: bool) -> int:
+    """Batches :func:`target_batches` gives per epoch for ``n`` pairs."""
+    if shuffle and n > batch_size:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+def _permutation(n: int, seed) -> tf.Tensor:
+    """A permutation of ``0..n-1`` that depends only on ``seed`` (a pair of int64), the same in every process."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
 def target_batches(inputs: PreparedInputs, split: str, *, batch_size: int, seed: int, shuffle: bool,
-                   with_source: bool) -> tf.data.Dataset:
-    """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch."""
+                   with_source: bool, epochs: tuple = (0, 1)) -> tf.data.Dataset:
+    """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch.
+
+    With ``shuffle``, the batches of epochs ``epochs[0]`` to ``epochs[1] - 1`` follow one another (fit it with
+    ``steps_per_epoch=batches_per_epoch(...)``), and the order of epoch ``e`` depends only on ``(seed, e)``: a
+    run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees from there.
+    """
     data = inputs.dataset.splits[split]
-    target = tf.data.Dataset.from_tensor_slices({
-        "image": inputs.features[split].astype(np.float32),
-        "text": tf.constant(list(data.texts), dtype=tf.string),
-        "label": data.labels.astype(np.int32),
-    })
-    if shuffle:
-        target = target.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
-    # Drop a ragged last batch while training: a batch of one breaks BatchNorm and the MMD bandwidth.
-    target = target.batch(batch_size, drop_remainder=shuffle and len(data) > batch_size)
+    target = {"image": tf.constant(inputs.features[split], tf.float32),
+              "text": tf.constant(list(data.texts), dtype=tf.string),
+              "label": tf.constant(data.labels, tf.int32)}
+    n = len(data)
+    source = None
     if with_source and inputs.source_features is not None:
-        source = tf.data.Dataset.from_tensor_slices({
-            "image": inputs.source_features.astype(np.float32),
-            "label": inputs.source_labels.astype(np.int32),
-        }).repeat().shuffle(len(inputs.source_features), seed=seed + 1).batch(batch_size, drop_remainder=True)
-        batches = tf.data.Dataset.zip(target, source).map(lambda t, s: {"target": t, "source": s})
+        source = {"image": tf.constant(inputs.source_features, tf.float32),
+                  "label": tf.constant(inputs.source_labels, tf.int32)}
+        m = len(inputs.source_features)
+    # Drop a ragged last batch while training: a batch of one breaks BatchNorm and the MMD bandwidth.
+    drop_remainder = shuffle and n > batch_size
+
+    def gather(values, index):
+        return {key: tf.gather(value, index) for key, value in values.items()}
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
+        pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+        pairs = pairs.map(lambda index: gather(target, index))
+        if source is None:
+            return pairs.map(lambda t: {"target": t})
+        # One fresh permutation of the source images per pass, as many passes as the epoch needs.
+        source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch
+        sources = tf.data.Dataset.counter().flat_map(
+            lambda k: tf.data.Dataset.from_tensor_slices(_permutation(m, tf.stack([source_seed, k]))))
+        sources = sources.batch(batch_size, drop_remainder=True).map(lambda index: gather(source, index))
+        return tf.data.Dataset.zip(pairs, sources).map(lambda t, s: {"target": t, "source": s})
+
+    # The batch count is known, but not to tf.data once a source stream is zipped in; Keras needs it.
+    batches = batches_per_epoch(n, batch_size, shuffle=shuffle)
+    if not shuffle:
+        dataset = one_epoch(0).apply(tf.data.experimental.assert_cardinality(batches))
     else:
-        batches = target.map(lambda t: {"target": t})
-    return batches.prefetch(tf.data.AUTOTUNE)
+        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches * max(0, epochs[1] - epochs[0])))
+    return dataset.prefetch(tf.data.AUTOTUNE)

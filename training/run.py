@@ -2,37 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 
 import keras
 
-from chtn_tf.atomic import write_json_atomic
+from chtn_tf.atomic import folder_lock, write_json_atomic
 from chtn_tf.metrics import plots
 from chtn_tf.metrics.retrieval import evaluate_retrieval
 from chtn_tf.model.chtn import CHTNModel, make_optimizer
 from chtn_tf.model.config import ExperimentConfig
-from chtn_tf.model.persist import BEST_WEIGHTS, save_model_definition
-from chtn_tf.model.text import build_text_vectorizer
+from chtn_tf.model.persist import (CONFIG_FILE, VECTORIZER_FILE, read_model_info, restore_best,
+                                   save_model_definition)
+from chtn_tf.model.text import build_text_vectorizer, load_text_vectorizer
 from training import checkpoint
-from training.callbacks import RunCheckpointer, ValidationMAP
+from training.callbacks import ResumableEarlyStopping, RunCheckpointer, ValidationMAP, stopped_early
+from training.inputs import PreparedInputs, batches_per_epoch, target_batches
 from training.examples import write_run_examples
-from training.inputs import PreparedInputs, target_batches
 
 log = logging.getLogger("chtn")
 
+CONFIG_HISTORY_FILE = "config_history.json"
+# Fields a resumed run may change: the schedule, and where the (same, fingerprinted) data is found.
+RESUMABLE_CHANGES = ("train.epochs", "train.early_stopping_patience", "data.data_dir", "data.manifest")
+# What a run folder holds besides the files it shares with a new run; removed by --no-resume.
+_RUN_OUTPUTS = (checkpoint.CHECKPOINTS, "logs", "history.json", "results.json", "pr_curves.png", "training_curves.png",
+                CONFIG_HISTORY_FILE)
+_LEGACY_FILES = ("best.weights.h5", os.path.join(checkpoint.LAST_DIR, "state.json"))
 
-def build_model(config: ExperimentConfig, inputs: PreparedInputs) -> CHTNModel:
-    """The model factory shared by ``training.fit`` and ``training.tune``: built and compiled."""
+
+class RunConflict(ValueError):
+    """The run folder holds a run that this command cannot continue; nothing in it has been changed."""
+
+
+def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vectorizer=None) -> CHTNModel:
+    """The model factory shared by ``training.fit`` and ``training.tune``: built and compiled.
+
+    ``text_vectorizer``: a saved run's vectoriser (resume); by default one is adapted on the training texts.
+    """
     keras.utils.set_random_seed(config.train.seed)
-    train = inputs.dataset.splits["train"]
-    vectorizer = build_text_vectorizer(config.model, train.texts)
+    if text_vectorizer is None:
+        text_vectorizer = build_text_vectorizer(config.model, inputs.dataset.splits["train"].texts)
     model = CHTNModel(config, image_feature_dim=inputs.feature_dim, num_classes=inputs.dataset.num_classes,
-                      text_vectorizer=vectorizer, num_source_classes=inputs.num_source_classes)
-    n_train = len(train)
-    batches = n_train // config.train.batch_size if n_train > config.train.batch_size else 1
-    model.compile(optimizer=make_optimizer(config.optimizer, total_steps=batches * config.train.epochs))
+                      text_vectorizer=text_vectorizer, num_source_classes=inputs.num_source_classes)
+    steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
+    model.compile(optimizer=make_optimizer(config.optimizer, total_steps=steps * config.train.epochs))
     model.build_all()
     model.optimizer.build(model.trainable_variables)
     return model
@@ -46,16 +66,21 @@ def fit_callbacks(model_inputs: PreparedInputs) -> list:
 
 def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_epoch: int = 0,
               callbacks=(), verbose="auto"):
-    """``model.fit`` on the training split with validation batches and MAP; returns the History."""
+    """``model.fit`` on the training split with validation batches and MAP; returns the History.
+
+    Epoch ``e`` sees the same batches whatever ``initial_epoch`` is (see :func:`training.inputs.target_batches`),
+    so a resumed run continues exactly where an uninterrupted one would be.
+    """
     config = model.config
     with_source = model.use_source
     train = target_batches(inputs, "train", batch_size=config.train.batch_size, seed=config.train.seed,
-                           shuffle=True, with_source=with_source)
+                           shuffle=True, with_source=with_source, epochs=(initial_epoch, epochs))
     val = target_batches(inputs, "val", batch_size=config.train.batch_size, seed=config.train.seed,
                          shuffle=False, with_source=with_source)
+    steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
     # shuffle=False: the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset and warns if asked.
-    return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
-                     callbacks=fit_callbacks(inputs) + list(callbacks), verbose=verbose)
+    return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                     shuffle=False, callbacks=fit_callbacks(inputs) + list(callbacks), verbose=verbose)
 
 
 def evaluate_split(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict:
@@ -66,35 +91,181 @@ def evaluate_split(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict
     return evaluate_retrieval(image_codes, text_codes, data.labels, data.labels)
 
 
+# ---------------------------------------------------------------- continuing a run folder
+
+def data_fingerprint(inputs: PreparedInputs) -> str:
+    """A hash of every split's pair ids, labels and texts, and of the class names (not of file locations)."""
+    dataset = inputs.dataset
+    digest = hashlib.sha256(json.dumps(dataset.class_names, ensure_ascii=False).encode("utf-8"))
+    for name, split in dataset.splits.items():
+        rows = [[name, pair_id, int(label), text] for pair_id, label, text in zip(split.ids, split.labels, split.texts)]
+        digest.update(json.dumps(rows, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def has_trained_state(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a finished epoch, i.e. something a new run there would lose."""
+    return checkpoint.has_checkpoint(run_dir) or any(os.path.exists(os.path.join(run_dir, f)) for f in _LEGACY_FILES)
+
+
+def check_config(run_dir: str, config: ExperimentConfig) -> dict:
+    """What a resumed run changes in the saved config: ``{field: [old, new]}``, schedule fields only.
+
+    Raises:
+        RunConflict: the run folder was written by an older chtn, or another field changed (all of them are
+            listed).
+    """
+    if not has_trained_state(run_dir):
+        return {}
+    if not checkpoint.has_checkpoint(run_dir):
+        raise RunConflict(f"{run_dir} holds a run written by an older chtn version, which cannot be continued; "
+                          f"use a new --out folder (or --no-resume to replace that run)")
+    saved = ExperimentConfig.from_json(os.path.join(run_dir, CONFIG_FILE))
+    old = _flatten(json.loads(json.dumps(saved.to_dict())))
+    new = _flatten(json.loads(json.dumps(config.to_dict())))
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_CHANGES}
+    if refused:
+        listed = "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in refused.items())
+        raise RunConflict(f"{run_dir} holds a run with another config, which it cannot continue ({listed}). "
+                          f"Run with the same settings to resume it (only {', '.join(RESUMABLE_CHANGES)} may "
+                          f"change), use a new --out folder, or pass --no-resume to replace that run")
+    return changed
+
+
+def check_data(run_dir: str, config: ExperimentConfig, data) -> None:
+    """Raises :class:`RunConflict` when ``data`` is not what the run in ``run_dir`` was trained on.
+
+    ``data`` is the :class:`PreparedInputs` (everything is compared: classes, image features, source domain,
+    the pairs themselves), or a dataset as read (only its classes are compared: a check before the features
+    are computed).
+    """
+    info = read_model_info(run_dir)
+    if info is None or not has_trained_state(run_dir):
+        return
+    inputs = data if isinstance(data, PreparedInputs) else None
+    dataset = data.dataset if inputs else data
+    reasons = []
+    if info["class_names"] != list(dataset.class_names):
+        added = [c for c in dataset.class_names if c not in info["class_names"]]
+        gone = [c for c in info["class_names"] if c not in dataset.class_names]
+        reasons.append(f"the classes differ (run: {len(info['class_names'])}, data now: {dataset.num_classes}"
+                       + (f"; new: {', '.join(added[:5])}" if added else "")
+                       + (f"; gone: {', '.join(gone[:5])}" if gone else "") + ")")
+    if inputs is not None:
+        was, now = info["backbone"].get("name"), inputs.backbone.get("name")
+        if info["image_feature_dim"] != inputs.feature_dim or was != now:
+            reasons.append(f"the image features differ (run: {was}, {info['image_feature_dim']}-d; now: {now}, "
+                           f"{inputs.feature_dim}-d)")
+        source_classes = inputs.num_source_classes if config.loss.source_transfer else 0
+        if info["num_source_classes"] != source_classes:
+            reasons.append(f"the source domain differs (run: {info['num_source_classes']} classes, "
+                           f"now: {source_classes})")
+        if not reasons and info.get("data_fingerprint") not in (None, data_fingerprint(inputs)):
+            reasons.append("the pairs (ids, labels or texts) differ from those it was trained on")
+    if reasons:
+        raise RunConflict(f"{run_dir} holds a run trained on other data: {'; '.join(reasons)}. Start a new --out "
+                          f"folder (or pass --no-resume to replace that run)")
+
+
+def _record_config_changes(run_dir: str, changes: dict, epoch: int) -> None:
+    path = os.path.join(run_dir, CONFIG_HISTORY_FILE)
+    history = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            history = json.load(f)
+    history.append({"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "from_epoch": epoch + 1, "changed": changes})
+    write_json_atomic(path, history)
+
+
+def _remove_earlier_run(run_dir: str) -> None:
+    for name in _RUN_OUTPUTS + _LEGACY_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir: str, *,
                        resume: bool = True, verbose="auto") -> dict:
     """Trains (or resumes) a run in ``run_dir``, reloads its best checkpoint, evaluates on test.
 
     Writes ``config.json``, the model definition, TensorBoard logs under ``logs/``, ``history.json``,
-    ``best.weights.h5``, ``checkpoints/last/``, ``results.json``, ``pr_curves.png``,
-    ``training_curves.png``, ``examples.html`` and the projector's ``logs/projector/``. Returns the results dict.
+    ``checkpoints/best/``, ``checkpoints/last/``, ``results.json``, ``pr_curves.png``,
+    ``training_curves.png``, ``examples.html`` and the projector's ``logs/projector/``; a resumed run whose schedule changed (``--epochs``) appends the change to
+    ``config_history.json``. Leftovers of an interrupted run are removed first. With ``resume=False`` an
+    earlier run in ``run_dir`` is replaced. Returns the results dict.
+
+    Raises:
+        RunConflict: ``run_dir`` holds a run with another config or other data (with ``resume``).
+        chtn_tf.atomic.FolderBusy: another process is writing ``run_dir``.
     """
-    os.makedirs(run_dir, exist_ok=True)
+    writer = checkpoint.writes_run_folder()
+    with folder_lock(run_dir) if writer else contextlib.nullcontext():
+        if writer:
+            removed = checkpoint.remove_leftovers(run_dir)
+            if removed:
+                print(f"Removed {len(removed)} leftover(s) of an interrupted run in {run_dir}", flush=True)
+        return _train_and_evaluate(config, inputs, run_dir, resume=resume, verbose=verbose, writer=writer)
+
+
+def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> dict:
     started = time.time()
-    model = build_model(config, inputs)
-    state = None
+    changes = {}
     if resume:
-        state = checkpoint.load_last(model, run_dir)
-        if state is not None:
-            print(f"Resuming {run_dir} after epoch {state['epoch'] + 1} (best val MAP "
-                  f"{state['best']:.4f} at epoch {state['best_epoch'] + 1})", flush=True)
-    save_model_definition(run_dir, model, class_names=inputs.dataset.class_names, backbone=inputs.backbone,
-                          source_class_names=inputs.source_class_names)
+        changes = check_config(run_dir, config)
+        check_data(run_dir, config, inputs)
+    elif writer:
+        _remove_earlier_run(run_dir)
+    vectorizer = None
+    if resume and checkpoint.has_checkpoint(run_dir):
+        vectorizer = load_text_vectorizer(os.path.join(run_dir, VECTORIZER_FILE), name="text_vectorizer")
+    model = build_model(config, inputs, text_vectorizer=vectorizer)
+    checkpoints = checkpoint.RunCheckpoints(run_dir, model, writer=writer)
+    state = checkpoints.restore_last() if resume else None
+    if state is not None:
+        print(f"Resuming {run_dir} after epoch {state['epoch'] + 1} (best val MAP {state['best']:.4f} at epoch "
+              f"{state['best_epoch'] + 1})", flush=True)
+    if writer:
+        save_model_definition(run_dir, model, class_names=inputs.dataset.class_names, backbone=inputs.backbone,
+                              source_class_names=inputs.source_class_names, data_fingerprint=data_fingerprint(inputs))
+        if changes and state is not None:
+            _record_config_changes(run_dir, changes, state["epoch"] + 1)
+            print(f"Config changes recorded in {CONFIG_HISTORY_FILE}: "
+                  + "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()), flush=True)
+
     initial_epoch = 0 if state is None else state["epoch"] + 1
-    checkpointer = RunCheckpointer(run_dir, patience=config.train.early_stopping_patience, state=state)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False)
-    if initial_epoch < config.train.epochs:
-        fit_model(model, inputs, epochs=config.train.epochs, initial_epoch=initial_epoch,
-                  callbacks=[checkpointer, tensorboard], verbose=verbose)
-    checkpointer.write_history()
+    patience = config.train.early_stopping_patience
+    checkpointer = RunCheckpointer(checkpoints, state=state)
+    callbacks = [checkpointer]
+    if patience:
+        callbacks.append(ResumableEarlyStopping(patience=patience, state=state))
+    if writer:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False))
+    if state is not None and stopped_early(state, patience):
+        print(f"Early stopping had ended this run after epoch {state['epoch'] + 1}; nothing left to train",
+              flush=True)
+    elif initial_epoch < config.train.epochs:
+        fit_model(model, inputs, epochs=config.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                  verbose=verbose)
+    elif state is not None:
+        print(f"{run_dir} has already trained {initial_epoch} epochs (--epochs {config.train.epochs}); "
+              f"evaluating its best checkpoint", flush=True)
     train_seconds = time.time() - started
 
-    model.load_weights(os.path.join(run_dir, BEST_WEIGHTS))
+    restore_best(run_dir, model)
     test = evaluate_split(model, inputs, "test")
     dataset = inputs.dataset
     results = {
@@ -111,20 +282,24 @@ def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir
         "train_seconds": round(train_seconds, 1),
         "test": test,
     }
-    write_json_atomic(os.path.join(run_dir, "results.json"), results)
-    plots.plot_pr_curves(test, os.path.join(run_dir, "pr_curves.png"))
-    plots.plot_training_curves(checkpointer.history, os.path.join(run_dir, "training_curves.png"))
-    shown = write_run_examples(model, inputs, run_dir, results=results, seed=config.train.seed)
-    log.info("examples.html and logs/projector written in %.1f s", shown["seconds"])
+    if writer:
+        write_json_atomic(os.path.join(run_dir, "history.json"), checkpointer.history)
+        write_json_atomic(os.path.join(run_dir, "results.json"), results)
+        plots.plot_pr_curves(test, os.path.join(run_dir, "pr_curves.png"))
+        plots.plot_training_curves(checkpointer.history, os.path.join(run_dir, "training_curves.png"))
+        shown = write_run_examples(model, inputs, run_dir, results=results, seed=config.train.seed)
+        log.info("examples.html and logs/projector written in %.1f s", shown["seconds"])
     return results
 
 
 def format_results(results: dict) -> str:
-    """The MAP table printed at the end of a run."""
-    lines = [
-        f"{'dataset':<12}{'backbone':<20}{'n_test':>7}{'I->T':>9}{'T->I':>9}{'avg':>9}{'val avg':>9}",
-        f"{results['dataset']:<12}{str(results['backbone']):<20}{results['n_test']:>7}"
-        f"{results['map_i2t']:>9.4f}{results['map_t2i']:>9.4f}{results['map_avg']:>9.4f}{results['val_map_avg']:>9.4f}",
-    ]
+    """The MAP table printed at the end of a run (columns as wide as their longest entry)."""
+    header = ["dataset", "backbone", "n_test", "I->T", "T->I", "avg", "val avg"]
+    row = [str(results["dataset"]), str(results["backbone"]), str(results["n_test"])] + [
+        f"{results[k]:.4f}" for k in ("map_i2t", "map_t2i", "map_avg", "val_map_avg")]
+    widths = [max(len(h), len(v)) for h, v in zip(header, row)]
+    lines = []
+    for cells in (header, row):
+        text = [f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))]
+        lines.append("  ".join(text))
     return "\n".join(lines)
-

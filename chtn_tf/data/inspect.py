@@ -1,8 +1,10 @@
 """``python -m chtn_tf.data.inspect``: what a dataset holds and every problem found in it.
 
 Prints per split and per class counts, text length statistics, and each problem (dropped pairs by id, then
-resolved oddities). Exit status: 0 when the data is usable (every split non-empty, dropped pairs at most
-``--max-dropped`` of those listed), 1 otherwise, with the reason on stderr.
+resolved oddities), then the verdict of :func:`chtn_tf.data.checks.check_usable`, the same that
+``python -m training.fit`` gives. Exit status: 0 when the data is usable (every split non-empty, every class
+in train, dropped pairs at most ``--max-dropped`` of those listed), 1 otherwise (or when the data cannot be
+read), with the reasons on stderr; warnings go to stderr either way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 import numpy as np
 
+from chtn_tf.data.checks import check_usable
 from chtn_tf.data.locations import ENV_VAR
 from chtn_tf.data.registry import dataset_names, load_dataset
 from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError
@@ -28,6 +31,17 @@ def _option(text: str) -> tuple:
         except ValueError:
             pass
     return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
+    return value
 
 
 def natural_key(text: str) -> list:
@@ -82,20 +96,6 @@ def summarise(dataset: CrossModalDataset) -> str:
     return "\n".join(lines)
 
 
-def usability(dataset: CrossModalDataset, *, max_dropped: float) -> list:
-    """Reasons the dataset is not usable (empty when it is)."""
-    reasons = [f"split '{s}' is empty" for s in SPLITS if len(dataset.splits[s]) == 0]
-    kept = sum(len(dataset.splits[s]) for s in SPLITS)
-    dropped = sum(1 for p in dataset.problems if p.dropped)
-    if kept + dropped and dropped / (kept + dropped) > max_dropped:
-        reasons.append(f"{dropped} of {kept + dropped} pairs were dropped (more than {max_dropped:.0%}); "
-                       f"fix the problems listed above or raise --max-dropped")
-    missing = [dataset.class_names[k] for k in range(dataset.num_classes) if not np.any(dataset.splits["train"].labels == k)]
-    if missing:
-        reasons.append(f"classes with no training pair: {', '.join(missing)}")
-    return reasons
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chtn_tf.data.inspect", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -106,19 +106,23 @@ def main(argv=None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train carved out as val")
     parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                         help="reader setting, e.g. protocol=231/462 (wikipedia), sentences=each (pascal)")
-    parser.add_argument("--max-dropped", type=float, default=0.05,
+    parser.add_argument("--max-dropped", type=fraction, default=0.05,
                         help="largest fraction of dropped pairs still called usable (default 0.05)")
+    parser.add_argument("--allow-leak", action="store_true",
+                        help="keep pairs whose image file is also in an earlier split (default: drop them)")
     args = parser.parse_args(argv)
     try:
         dataset = load_dataset(args.dataset, manifest=args.manifest, data_dir=args.data_dir, seed=args.seed,
-                               val_fraction=args.val_fraction, **dict(args.option))
+                               val_fraction=args.val_fraction, allow_leak=args.allow_leak, **dict(args.option))
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summarise(dataset))
-    reasons = usability(dataset, max_dropped=args.max_dropped)
-    if reasons:
-        print("NOT USABLE: " + "; ".join(reasons), file=sys.stderr)
+    verdict = check_usable(dataset, max_dropped=args.max_dropped)
+    for warning in verdict.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if verdict.errors:
+        print("NOT USABLE: " + "; ".join(verdict.errors), file=sys.stderr)
         return 1
     print("\nusable: yes")
     return 0

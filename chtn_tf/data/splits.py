@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from chtn_tf.data.types import CrossModalDataset, DatasetError, SplitData
+from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem, SplitData
 
 
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
@@ -18,17 +18,30 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
-def stratified_split(labels: Sequence[int], fractions: Sequence[float], *, seed: int = 0) -> list:
+def stratified_split(labels: Sequence[int], fractions: Sequence[float], *, seed: int = 0, groups=None) -> list:
     """Splits positions ``0..n-1`` into parts of the given fractions, each part keeping the class proportions.
 
     Part sizes are ``round(fraction * n)`` overall (exactly, by largest remainder), shared out over the classes
     by largest remainder too, so a class of 50 split 0.8/0.1/0.1 gives exactly 40/5/5. The draw depends only on
     ``labels`` and ``seed``.
 
+    ``groups`` (one key per position, e.g. the image file) keeps the positions of a group together: the groups
+    are split (each with the label of its first position) and every position follows its group. With all keys
+    distinct the result is the ungrouped one.
+
     Returns:
         one sorted int64 index array per fraction.
     """
     labels = np.asarray(labels)
+    if groups is not None and len(labels):
+        _, first, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
+                                      return_inverse=True)
+        # Number the groups by first appearance, so that distinct keys reproduce the ungrouped draw.
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        group_of = rank[inverse.reshape(-1)]
+        parts = stratified_split(labels[np.sort(first)], fractions, seed=seed)
+        return [np.flatnonzero(np.isin(group_of, part)) for part in parts]
     fractions = np.asarray(fractions, dtype=np.float64)
     if np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions.tolist()}")
@@ -59,8 +72,11 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], *, seed:
 
 
 def carve(split: SplitData, fraction: float, *, seed: int) -> tuple:
-    """``(rest, carved)``: a stratified, seeded ``fraction`` of ``split`` taken out (e.g. validation from train)."""
-    rest, carved = stratified_split(split.labels, [1.0 - fraction, fraction], seed=seed)
+    """``(rest, carved)``: a stratified, seeded ``fraction`` of ``split`` taken out (e.g. validation from train).
+
+    Pairs that share an image file stay on the same side.
+    """
+    rest, carved = stratified_split(split.labels, [1.0 - fraction, fraction], seed=seed, groups=split.image_paths)
     return split.subset(rest), split.subset(carved)
 
 
@@ -68,10 +84,14 @@ def assemble(name: str, class_names: list, splits: dict, *, problems: list, root
              val_fraction: float) -> CrossModalDataset:
     """Builds the dataset, carving ``val`` out of ``train`` (stratified, seeded) when ``splits`` has none.
 
+    A pair whose text is empty or blank is dropped and reported (``empty_text``): it gives the text branch
+    nothing to learn from and, as a query, matches nothing.
+
     Raises:
         DatasetError: a split ends up empty (nothing usable was read).
     """
-    splits = dict(splits)
+    problems = list(problems)
+    splits = {part: _drop_blank_texts(part, split, problems, root) for part, split in splits.items()}
     if "val" not in splits:
         if not 0.0 < val_fraction < 1.0:
             raise DatasetError(f"{name}: val_fraction must be in (0, 1) to carve validation from train, got {val_fraction}")
@@ -82,6 +102,17 @@ def assemble(name: str, class_names: list, splits: dict, *, problems: list, root
             raise DatasetError(f"{name}: split '{split_name}' is empty ({dropped} pairs dropped, see the problems: "
                                f"`python -m chtn_tf.data.inspect`); check the data folder {root}")
     ordered = {k: splits[k] for k in ("train", "val", "test")}
-    return CrossModalDataset(name=name, class_names=list(class_names), splits=ordered, problems=list(problems),
+    return CrossModalDataset(name=name, class_names=list(class_names), splits=ordered, problems=problems,
                              root=None if root is None else str(root))
+
+
+def _drop_blank_texts(split_name: str, split: SplitData, problems: list, root) -> SplitData:
+    blank = [i for i, text in enumerate(split.texts) if not text.strip()]
+    for i in blank:
+        where = split.image_paths[i] if split.image_paths is not None else str(root)
+        problems.append(Problem(kind="empty_text", where=where, pair_id=split.ids[i], split=split_name,
+                                message="the pair's text is empty; give it a text or remove the pair"))
+    if not blank:
+        return split
+    return split.subset(np.setdiff1d(np.arange(len(split)), blank))
 

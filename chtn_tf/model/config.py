@@ -10,11 +10,50 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from typing import Optional
 
 REPRESENTATIONS = ("fc10", "fc9")
 TEXT_ANALYZERS = ("auto", "word", "char")
 TEXT_WEIGHTINGS = ("tf_idf", "count")
+
+# Allowed ranges of numeric fields: (low, high, low included); high is excluded, None = unbounded.
+FIELD_RANGES = {
+    "data.val_fraction": (0.0, 1.0, False),
+    "model.text_vocab_size": (1, None, True), "model.dropout": (0.0, 1.0, True),
+    "loss.source_ce": (0.0, None, True), "loss.image_ce": (0.0, None, True), "loss.text_ce": (0.0, None, True),
+    "loss.mmd": (0.0, None, True), "loss.pair": (0.0, None, True), "loss.mmd_kernel_num": (1, None, True),
+    "loss.mmd_kernel_mul": (0.0, None, False),
+    "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
+    "optimizer.weight_decay": (0.0, None, True),
+    "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
+    "train.early_stopping_patience": (0, None, True),
+}
+
+
+def check_field(section_cls, section: str, name: str, value) -> None:
+    """Raises ValueError when ``value`` has the wrong type for the field or is out of its range."""
+    hint = typing.get_type_hints(section_cls)[name]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None:
+            return
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    field = f"{section}.{name}"
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict),
+          tuple: isinstance(value, (list, tuple))}.get(hint, True)
+    if not ok:
+        kind = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+                dict: "an object", tuple: "a list"}[hint]
+        raise ValueError(f"{field} must be {kind}, got {value!r}")
+    if field in FIELD_RANGES:
+        low, high, low_included = FIELD_RANGES[field]
+        if (value < low if low_included else value <= low) or (high is not None and value >= high):
+            bounds = f"{'at least' if low_included else 'above'} {low}"
+            bounds += f" and below {high}" if high is not None else ""
+            raise ValueError(f"{field} must be {bounds}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -30,6 +69,8 @@ class DataConfig:
             ``auto``: ``imagenette`` when the dataset has raw images, else ``none``.
         options: reader options (e.g. ``{"protocol": "231/462"}`` for Wikipedia).
         val_fraction: fraction of train carved out as validation when the dataset has no validation split.
+        allow_leak: keep a pair whose image file is also in an earlier split (train < val < test), instead of
+            dropping it (it is reported either way).
     """
 
     dataset: Optional[str] = None
@@ -38,6 +79,7 @@ class DataConfig:
     source: str = "auto"
     options: dict = dataclasses.field(default_factory=dict)
     val_fraction: float = 0.1
+    allow_leak: bool = False
 
 
 @dataclasses.dataclass
@@ -171,10 +213,14 @@ class ExperimentConfig:
         for field in dataclasses.fields(cls):
             section_cls = _SECTION_TYPES[field.name]
             given = values.get(field.name, {}) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"config section '{field.name}' must be an object of fields, got {given!r}")
             known = {f.name for f in dataclasses.fields(section_cls)}
             bad = set(given) - known
             if bad:
                 raise ValueError(f"unknown field(s) {sorted(bad)} in config section '{field.name}'; known: {sorted(known)}")
+            for name, value in given.items():
+                check_field(section_cls, field.name, name, value)
             kwargs[field.name] = section_cls(**given)
         return cls(**kwargs)
 
@@ -191,9 +237,21 @@ class ExperimentConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 values = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} not found; pass --config PATH to a JSON config (e.g. a run's "
+                             f"config.json)") from None
+        except IsADirectoryError:
+            raise ValueError(f"config {path} is a folder; pass --config PATH to a JSON file") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config {path} is not UTF-8 text (byte offset {e.start}); save it as UTF-8 "
+                             f"JSON") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a config is a JSON object of sections "
                              f"{[f.name for f in dataclasses.fields(cls)]}") from e
+        if not isinstance(values, dict):
+            sections = [f.name for f in dataclasses.fields(cls)]
+            raise ValueError(f"{path}: a config is a JSON object of sections {sections}, not a "
+                             f"{type(values).__name__}")
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as e:

@@ -9,12 +9,12 @@ the training texts only and saved beside the run, so the exact same vectoriser c
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 
 import keras
 import numpy as np
 
+from chtn_tf.atomic import write_json_atomic
 from chtn_tf.model.config import ModelConfig
 
 
@@ -53,38 +53,44 @@ def build_text_vectorizer(config: ModelConfig, train_texts, *, name: str = "text
         **_vectorizer_kwargs(analyzer, config),
     )
     layer.adapt(np.asarray(list(train_texts), dtype=object), batch_size=256)
-    layer.analyzer = analyzer
     return layer
 
 
 def save_text_vectorizer(layer: keras.layers.TextVectorization, path: str) -> None:
-    """Writes the vocabulary (and idf weights) as JSON, atomically."""
-    vocabulary = layer.get_vocabulary(include_special_tokens=True)
-    state = {"analyzer": layer.analyzer, "output_mode": layer._output_mode if hasattr(layer, "_output_mode") else None,
-             "vocabulary": vocabulary}
+    """Writes the adapted vectoriser as JSON, atomically: its Keras config, vocabulary and variables.
+
+    The config is the layer's ``get_config()`` (every constructor argument: analyzer settings, output mode,
+    ...), the variables what Keras' own ``save_own_variables`` stores (the idf weights in ``tf_idf`` mode), so
+    the file is complete whatever options the layer was built with.
+    """
     config = layer.get_config()
-    state["output_mode"] = config["output_mode"]
-    if config["output_mode"] == "tf_idf":
-        idf = layer._lookup_layer.idf_weights
-        state["idf_weights"] = np.asarray(keras.ops.convert_to_numpy(idf), dtype=np.float64).tolist()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    config.pop("vocabulary", None)
+    config.pop("idf_weights", None)
+    variables = {}
+    layer.save_own_variables(variables)
+    write_json_atomic(path, {
+        "config": config,
+        "vocabulary": layer.get_vocabulary(include_special_tokens=True),
+        "variables": {name: np.asarray(value).tolist() for name, value in variables.items()},
+    })
 
 
-def load_text_vectorizer(path: str, config: ModelConfig, *, name: str = "text_vectorizer") -> keras.layers.TextVectorization:
-    """Rebuilds the exact vectoriser written by :func:`save_text_vectorizer`."""
+def load_text_vectorizer(path: str, *, name: str | None = None) -> keras.layers.TextVectorization:
+    """Rebuilds the exact vectoriser written by :func:`save_text_vectorizer`.
+
+    Raises:
+        ValueError: the file is not one :func:`save_text_vectorizer` wrote.
+    """
     with open(path, encoding="utf-8") as f:
         state = json.load(f)
-    # The saved vocabulary starts with the padding and OOV tokens, which the layer adds itself.
-    vocabulary = state["vocabulary"]
-    kwargs = dict(max_tokens=config.text_vocab_size, output_mode=state["output_mode"], name=name,
-                  **_vectorizer_kwargs(state["analyzer"], config))
-    if state["output_mode"] == "tf_idf":
-        idf = np.asarray(state["idf_weights"], dtype=np.float32)
-        layer = keras.layers.TextVectorization(vocabulary=vocabulary[1:], idf_weights=idf[1:], **kwargs)
-    else:
-        layer = keras.layers.TextVectorization(vocabulary=vocabulary[1:], **kwargs)
-    layer.analyzer = state["analyzer"]
-    return layer
+    if "config" not in state:
+        raise ValueError(f"{path} was written by an older chtn (no layer config in it); train the run again "
+                         f"with python -m training.fit and a new --out")
+    config = dict(state["config"])
+    if name is not None:
+        config["name"] = name
+    # Given the vocabulary (special tokens first) and one idf weight per entry, the layer takes both as they are.
+    config["vocabulary"] = state["vocabulary"]
+    if "idf_weights" in state["variables"]:
+        config["idf_weights"] = np.asarray(state["variables"]["idf_weights"], dtype=np.float32)
+    return keras.layers.TextVectorization.from_config(config)
