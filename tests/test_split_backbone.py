@@ -159,6 +159,9 @@ def test_top_and_classifier_train_with_batchnorm_and_reload_from_keras_weights(t
     fresh_top, fresh_classifier = split.top(name="top"), split.classifier()
     fresh = keras.Model(maps, fresh_classifier(fresh_top(maps)["features"]))
     assert not np.allclose(fresh(x), model(x), atol=1e-4)
+    # Two tops (e.g. source and target branch) fit in one model: default names do not clash.
+    both = keras.Model(maps, [split.top()(maps)["features"], split.top()(maps)["features"]])
+    assert len({layer.name for layer in both.layers}) == 3
     fresh.load_weights(str(tmp_path / "top.weights.h5"))
     np.testing.assert_allclose(fresh(x), model(x), rtol=1e-5, atol=1e-5)
 

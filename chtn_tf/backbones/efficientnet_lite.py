@@ -203,14 +203,21 @@ def _head(x, state: dict):
     return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
+def _unique(base: str) -> str:
+    """``base``, then ``base_1``, ``base_2``, ... (as Keras names layers), so two copies fit in one model."""
+    uid = keras.backend.get_uid(f"chtn_{base}")
+    return base if uid == 1 else f"{base}_{uid - 1}"
+
+
 def imagenet_classifier(arch: str = "efficientnet-lite0", *, weights_path: Optional[str] = None,
-                        name: str = "imagenet_logits") -> keras.layers.Dense:
+                        name: Optional[str] = None) -> keras.layers.Dense:
     """The backbone's own ImageNet classifier: a built ``Dense(1000)`` on the 1280-d pooled features.
 
     Initialised with the ImageNet weights, trainable; outputs logits in the standard ImageNet-1k order.
+    ``name`` defaults to ``imagenet_logits`` (``imagenet_logits_1``, ... for further copies).
     """
     state = load_weights(arch, weights_path)
-    layer = keras.layers.Dense(NUM_CLASSES, name=name)
+    layer = keras.layers.Dense(NUM_CLASSES, name=name or _unique("imagenet_logits"))
     layer.build((None, state["_fc.weight"].shape[1]))
     layer.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
     return layer
@@ -237,7 +244,7 @@ def efficientnet_lite(arch: str = "efficientnet-lite0", *, kind: str = "feature_
         x = _mbconv(x, state, block)
     outputs = _head(x, state)
     if kind == "classification":
-        outputs = imagenet_classifier(arch, weights_path=weights_path)(outputs)
+        outputs = imagenet_classifier(arch, weights_path=weights_path, name="imagenet_logits")(outputs)
     return keras.Model(images, outputs, name=arch.replace("-", "_"))
 
 
@@ -279,7 +286,9 @@ def lite_top(arch: str = "efficientnet-lite0", *, top_blocks: int = 1, weights_p
     loss can be taken at every trainable layer (:func:`top_output_keys` lists the keys bottom to top).
 
     A plain Keras functional model: its variables train (BatchNorm in training mode when called with
-    ``training=True``), save and load with the usual Keras weights files.
+    ``training=True``), save and load with the usual Keras weights files. ``name`` defaults to
+    ``<arch>_top`` (``_1``, ``_2``, ... for further copies); give each top of a model its own name (e.g.
+    ``source_top``, ``target_top``) so saved weights do not depend on build order.
     """
     state = load_weights(arch, weights_path)
     blocks = block_configs(state)[split_index(arch, top_blocks, weights_path=weights_path):]
@@ -289,7 +298,7 @@ def lite_top(arch: str = "efficientnet-lite0", *, top_blocks: int = 1, weights_p
         x = _mbconv(x, state, block)
         outputs[f"block{block.index}"] = keras.layers.GlobalAveragePooling2D(name=f"block{block.index}_pool")(x)
     outputs["features"] = _head(x, state)
-    return keras.Model(feature_map, outputs, name=name or f"{arch.replace('-', '_')}_top")
+    return keras.Model(feature_map, outputs, name=name or _unique(f"{arch.replace('-', '_')}_top"))
 
 
 def top_output_keys(arch: str = "efficientnet-lite0", *, top_blocks: int = 1,

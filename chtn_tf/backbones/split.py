@@ -109,7 +109,7 @@ class SplitBackbone:
         """
         return lite.lite_top(self.arch, top_blocks=self.top_blocks, weights_path=self.weights_path, name=name)
 
-    def classifier(self, name: str = "imagenet_logits") -> keras.layers.Dense:
+    def classifier(self, name: Optional[str] = None) -> keras.layers.Dense:
         """A fresh ImageNet-initialised, trainable 1280 -> 1000 classifier (the backbone's own head)."""
         return lite.imagenet_classifier(self.arch, weights_path=self.weights_path, name=name)
 
