@@ -66,10 +66,13 @@ def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vector
     return model
 
 
-def fit_callbacks(model_inputs: PreparedInputs) -> list:
+def fit_callbacks(model_inputs: PreparedInputs, model=None) -> list:
     """Callbacks every CHTN fit needs first (validation MAP into the logs)."""
     val = model_inputs.dataset.splits["val"]
-    return [ValidationMAP(model_inputs.features["val"], val.texts, val.labels)]
+    first = []
+    if model is not None and getattr(model.optimizer, "use_ema", False):
+        first.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    return first + [ValidationMAP(model_inputs.features["val"], val.texts, val.labels)]
 
 
 def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_epoch: int = 0,
@@ -89,11 +92,11 @@ def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_
     steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
     if uses_replica_loop(model.distribute_strategy):
         return fit_replicated(model, train, steps_per_epoch=steps, validation_data=val, epochs=epochs,
-                              initial_epoch=initial_epoch, callbacks=fit_callbacks(inputs) + list(callbacks),
+                              initial_epoch=initial_epoch, callbacks=fit_callbacks(inputs, model) + list(callbacks),
                               verbose=verbose)
     # shuffle=False: the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset and warns if asked.
     return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                     shuffle=False, callbacks=fit_callbacks(inputs) + list(callbacks), verbose=verbose)
+                     shuffle=False, callbacks=fit_callbacks(inputs, model) + list(callbacks), verbose=verbose)
 
 
 def evaluate_split(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict:

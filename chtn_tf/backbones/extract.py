@@ -19,7 +19,8 @@ import sys
 import time
 from typing import Optional
 
-from chtn_tf.backbones.feature_cache import FeatureSet, extract_features, parse_shard, plan_shards
+from chtn_tf.backbones.feature_cache import (FeatureSet, extract_features, images_per_batch, parse_shard,
+                                             plan_shards)
 from chtn_tf.data.types import CrossModalDataset, DatasetError
 
 log = logging.getLogger("chtn")
@@ -66,7 +67,8 @@ def extract_dataset(dataset: CrossModalDataset, spec, *, source_paths=None, shar
     if source_paths is not None:
         sets["source"] = list(source_paths)
     # One plan over all sets, so N workers share the batches evenly even when a set is a single batch.
-    plan = plan_shards({name: len(paths) for name, paths in sets.items()}, EXTRACTION_BATCH, shard[1])
+    plan = plan_shards({name: len(paths) for name, paths in sets.items()}, images_per_batch(EXTRACTION_BATCH, None),
+                       shard[1])
     return {name: extract_features(paths, spec, batch_size=EXTRACTION_BATCH, progress=progress, shard=shard,
                                    parts=plan[name], cache_dir=cache_dir)
             for name, paths in sets.items()}
