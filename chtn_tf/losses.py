@@ -18,11 +18,19 @@ def _as_float(x, dtype=None):
     return tf.cast(x, dtype)
 
 
-def softmax_cross_entropy(labels, logits):
-    """Mean softmax cross-entropy of integer ``labels`` ``[b]`` under ``logits`` ``[b, classes]``."""
+def softmax_cross_entropy(labels, logits, *, label_smoothing: float = 0.0):
+    """Mean softmax cross-entropy of integer ``labels`` ``[b]`` under ``logits`` ``[b, classes]``.
+
+    ``label_smoothing`` ε: the target puts 1 − ε on the label and ε / classes on every class.
+    """
     logits = _as_float(logits)
     labels = tf.cast(labels, tf.int32)
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    if not label_smoothing:
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    classes = tf.shape(logits)[-1]
+    targets = (tf.one_hot(labels, classes, dtype=logits.dtype) * (1.0 - label_smoothing)
+               + label_smoothing / tf.cast(classes, logits.dtype))
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
 def pair_loss(image_codes, text_codes):

@@ -1,4 +1,4 @@
-"""Backbones: the Keras 3 hub layer, the exported Lite0 module, the weights reader, the feature cache."""
+"""Backbones: the Keras 3 hub layer, the exported Lite0/1/2 modules, the weights reader, the feature cache."""
 
 import os
 
@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from chtn_tf.backbones import BackboneSpec, HubImageLayer, extract_features, resolve_backbone
-from chtn_tf.backbones.efficientnet_lite import build_lite0, weights_file
+from chtn_tf.backbones.efficientnet_lite import block_configs, efficientnet_lite, load_weights, weights_file
 from chtn_tf.backbones.torch_weights import load_state_dict
 
 
@@ -99,21 +99,74 @@ def test_hub_layer_saves_and_loads_with_the_model(tiny_module, tmp_path):
     assert not np.allclose(np.array(kernel), original.numpy())
 
 
-def test_weights_reader_reads_the_lite0_state_dict():
-    state = load_state_dict(weights_file())
+# Parameter counts of the published models (EfficientNet-Lite README, tensorflow/tpu): 4.7 M, 5.4 M, 6.1 M.
+@pytest.mark.parametrize("arch, params, blocks", [("efficientnet-lite0", 4.69e6, 16),
+                                                  ("efficientnet-lite1", 5.42e6, 21),
+                                                  ("efficientnet-lite2", 6.09e6, 21)])
+def test_weights_reader_reads_the_lite_state_dicts(arch, params, blocks):
+    state = load_state_dict(weights_file(arch))
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["_fc.weight"].shape == (1000, 1280)
-    params = sum(v.size for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    assert params == pytest.approx(4.69e6, rel=0.01)
+    count = sum(v.size for k, v in state.items()
+                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert count == pytest.approx(params, rel=0.01)
+    # Stage strides from the weights: five stride-2 convolutions in all (the stem and four stages), so 224 -> 7.
+    configs = block_configs(state)
+    assert len(configs) == blocks
+    assert sum(b.stride == 2 for b in configs) == 4 and configs[0].stride == 1 and configs[-1].stride == 1
+    assert [b.kernel_size for b in configs][-1] == 3 and configs[-1].out_channels == state["_conv_head.weight"].shape[1]
+
+
+def test_keras_lite0_matches_a_hand_written_forward_pass():
+    """The Keras model against plain tf.nn ops written here from the state_dict (an independent reference)."""
+    state = load_weights("efficientnet-lite0")
+    images = np.random.default_rng(5).random((2, 64, 64, 3)).astype(np.float32)
+
+    def bn(x, prefix):
+        return tf.nn.batch_normalization(x, state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"],
+                                         state[f"{prefix}.bias"], state[f"{prefix}.weight"], 1e-3)
+
+    def conv(x, key, stride=1):
+        return tf.nn.conv2d(x, np.transpose(state[key], (2, 3, 1, 0)), stride, "SAME")
+
+    x = tf.nn.relu6(bn(conv((images * 255 - 127) / 128, "_conv_stem.weight", 2), "_bn0"))
+    strides = {1: 2, 3: 2, 5: 2, 11: 2}  # Lite0's four downsampling blocks (EfficientNet-B0, table 1)
+    for i in range(16):
+        p, inputs = f"_blocks.{i}", x
+        if f"{p}._expand_conv.weight" in state:
+            x = tf.nn.relu6(bn(conv(x, f"{p}._expand_conv.weight"), f"{p}._bn0"))
+        s = strides.get(i, 1)
+        x = tf.nn.depthwise_conv2d(x, np.transpose(state[f"{p}._depthwise_conv.weight"], (2, 3, 0, 1)),
+                                   [1, s, s, 1], "SAME")
+        x = bn(conv(tf.nn.relu6(bn(x, f"{p}._bn1")), f"{p}._project_conv.weight"), f"{p}._bn2")
+        if s == 1 and x.shape[-1] == inputs.shape[-1]:
+            x = x + inputs
+    x = tf.reduce_mean(tf.nn.relu6(bn(conv(x, "_conv_head.weight"), "_bn1")), axis=[1, 2])
+    logits = x @ state["_fc.weight"].T + state["_fc.bias"]
+    model = efficientnet_lite("efficientnet-lite0", kind="classification")
+    np.testing.assert_allclose(model(images).numpy(), logits.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
-def lite0_classification(tmp_path_factory):
+def classification_module(tmp_path_factory):
+    """``arch -> folder`` of its classification module, written once by ``python -m export.hub_module``."""
     from export.hub_module import main
 
-    out = str(tmp_path_factory.mktemp("lite0") / "classification")
-    assert main(["--arch", "efficientnet-lite0", "--kind", "classification", "--out", out]) == 0
-    return out
+    written = {}
+
+    def folder(arch):
+        if arch not in written:
+            out = str(tmp_path_factory.mktemp(arch) / "classification")
+            assert main(["--arch", arch, "--kind", "classification", "--out", out]) == 0
+            written[arch] = out
+        return written[arch]
+
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lite0_classification(classification_module):
+    return classification_module("efficientnet-lite0")
 
 
 def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
@@ -121,19 +174,22 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
 
     images = np.random.default_rng(2).random((2, 224, 224, 3)).astype(np.float32)
     reloaded = hub.load(lite0_classification)
-    live = build_lite0("classification")
-    np.testing.assert_allclose(reloaded(images).numpy(), live.forward(images).numpy(), rtol=1e-4, atol=1e-4)
+    live = efficientnet_lite("efficientnet-lite0", kind="classification")
+    np.testing.assert_allclose(reloaded(images).numpy(), live(images).numpy(), rtol=1e-4, atol=1e-4)
     assert reloaded(images).shape == (2, 1000)
     # The same module through the Keras 3 layer (frozen): same outputs, output shape known symbolically.
     layer = HubImageLayer(lite0_classification)
-    np.testing.assert_allclose(layer(images), live.forward(images).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer(images), live(images).numpy(), rtol=1e-4, atol=1e-4)
     assert layer.compute_output_shape((None, 224, 224, 3)) == (None, 1000)
     signature = reloaded.signatures["serving_default"]
     assert set(signature.structured_outputs) == {"logits"}
     assert len(reloaded.trainable_variables) < len(reloaded.variables)
     assert len({v.name for v in reloaded.variables}) == len(reloaded.variables)
     # Training mode (BatchNorm on batch statistics) is available to fine-tuning callers.
-    assert not np.allclose(reloaded(images, training=True).numpy(), live.forward(images).numpy(), atol=1e-3)
+    moving = [v for v in reloaded.variables if "moving_mean" in v.name]
+    before = [v.numpy() for v in moving]
+    assert not np.allclose(reloaded(images, training=True).numpy(), live(images).numpy(), atol=1e-3)
+    assert all(not np.allclose(b, v.numpy()) for b, v in zip(before, moving))
     # Nothing in the SavedModel needs chtn's Python classes to load: only generic objects.
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -146,13 +202,15 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
         "_generic_user_object", "trackable_list_wrapper", "signature_map", "trackable_dict_wrapper"}
 
 
-def test_lite0_recognises_real_imagenet_photos(lite0_classification, real_data_dir):
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_lite_modules_recognise_real_imagenet_photos(arch, classification_module, real_data_dir):
     """A few Imagenette val photos must be classified right (the full check is benchmarks/backbone_accuracy.py)."""
     import tensorflow_hub as hub
 
+    from chtn_tf.backbones.registry import LITE_IMAGE_SIZES
     from chtn_tf.data.pipeline import image_dataset
 
-    module = hub.load(lite0_classification)
+    module = hub.load(classification_module(arch))
     wnids = {"n01440764": 0, "n03888257": 701, "n03028079": 497}
     paths, truth = [], []
     for wnid, index in wnids.items():
@@ -160,7 +218,8 @@ def test_lite0_recognises_real_imagenet_photos(lite0_classification, real_data_d
         for name in sorted(os.listdir(folder))[:8]:
             paths.append(os.path.join(folder, name))
             truth.append(index)
-    logits = np.concatenate([module(b).numpy() for b in image_dataset(paths, batch_size=24)])
+    size = LITE_IMAGE_SIZES[arch]
+    logits = np.concatenate([module(b).numpy() for b in image_dataset(paths, image_size=size, batch_size=24)])
     imagenette = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
     restricted = np.array(imagenette)[logits[:, imagenette].argmax(1)]
     assert (restricted == np.array(truth)).mean() >= 0.95
@@ -267,3 +326,39 @@ def test_auto_falls_back_to_lite0_offline(tmp_path, monkeypatch, caplog):
     assert spec.name == "efficientnet-lite0" and spec.feature_dim == 1280 and spec.image_size == 224
     assert spec.handle == str(tmp_path / "hub" / "efficientnet-lite0-feature_vector")
     assert "efficientnet-lite0" in caplog.text
+
+
+def test_pick_lite_backbone_takes_the_most_accurate_that_fits():
+    from chtn_tf.backbones.registry import EXTRACTION_IMAGES_PER_S, pick_lite_backbone
+
+    rates = {"efficientnet-lite0": 30.0, "efficientnet-lite1": 20.0, "efficientnet-lite2": 15.0}
+    # 3,000 images: Lite2 200 s, Lite1 150 s, Lite0 100 s per view.
+    assert pick_lite_backbone(3000, 200, images_per_s=rates) == "efficientnet-lite2"
+    assert pick_lite_backbone(3000, 199, images_per_s=rates) == "efficientnet-lite1"
+    assert pick_lite_backbone(3000, 149, images_per_s=rates) == "efficientnet-lite0"
+    assert pick_lite_backbone(3000, 10, images_per_s=rates) == "efficientnet-lite0"  # none fits: the fastest
+    assert pick_lite_backbone(3000, 400, views=2, images_per_s=rates) == "efficientnet-lite2"
+    assert pick_lite_backbone(3000, 399, views=2, images_per_s=rates) == "efficientnet-lite1"
+    # The recorded rates: the faster an arch, the less accurate.
+    assert EXTRACTION_IMAGES_PER_S["efficientnet-lite0"] > EXTRACTION_IMAGES_PER_S["efficientnet-lite1"] > \
+        EXTRACTION_IMAGES_PER_S["efficientnet-lite2"]
+    with pytest.raises(ValueError, match="budget_seconds > 0"):
+        pick_lite_backbone(3000, 0)
+
+
+def test_auto_with_a_budget_picks_a_lite_backbone(tmp_path, monkeypatch, caplog):
+    from chtn_tf.backbones.registry import EXTRACTION_IMAGES_PER_S
+
+    monkeypatch.setattr("chtn_tf.backbones.registry._reachable", lambda url, timeout=3.0: True)  # even when online
+    for arch in ("efficientnet-lite1", "efficientnet-lite2"):  # stand-in module folders: no rebuild here
+        (tmp_path / "hub" / f"{arch}-feature_vector").mkdir(parents=True)
+        (tmp_path / "hub" / f"{arch}-feature_vector" / "saved_model.pb").write_bytes(b"")
+    n = 3693
+    with caplog.at_level("INFO", logger="chtn"):
+        spec = resolve_backbone("auto", cache_dir=str(tmp_path / "hub"), n_images=n,
+                                budget_seconds=n / EXTRACTION_IMAGES_PER_S["efficientnet-lite2"] + 1)
+    assert (spec.name, spec.image_size) == ("efficientnet-lite2", 260)
+    assert "budget" in caplog.text
+    spec = resolve_backbone("auto", cache_dir=str(tmp_path / "hub"), n_images=n, views=2,
+                            budget_seconds=2 * n / EXTRACTION_IMAGES_PER_S["efficientnet-lite2"] - 1)
+    assert (spec.name, spec.image_size) == ("efficientnet-lite1", 240)

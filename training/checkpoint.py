@@ -39,13 +39,19 @@ __all__ = ["BEST_DIR", "LAST_DIR", "CheckpointMismatch", "RunCheckpoints", "has_
            "writes_run_folder"]
 
 
-def writes_run_folder() -> bool:
-    """Whether this process writes the run folder (checkpoints, config, results).
+def writes_run_folder(distribution=None) -> bool:
+    """Whether this process writes the run folder (checkpoints, config, results): the chief of a cluster.
 
-    One process per run today, so always True. Under a multi-worker ``tf.distribute`` strategy only the chief
-    should: this function is the one place to decide it.
+    ``distribution``: this process's :class:`training.strategy.Distribution`; without one, ``TF_CONFIG``
+    decides (no ``TF_CONFIG``, or worker 0 of it: this process writes). This function is the one place to
+    decide it.
     """
-    return True
+    if distribution is not None:
+        return distribution.is_chief
+    from training.strategy import read_tf_config
+
+    cluster = read_tf_config()
+    return cluster is None or cluster.worker_index == 0
 
 
 class RunCheckpoints:
@@ -106,6 +112,10 @@ class RunCheckpoints:
             return None
         check_same_variables(path, self._last_sections)
         self._last.read(path).assert_existing_objects_matched().expect_partial()
+        # The checkpoint's save counter is created lazily, at the first save, and would then be restored from
+        # `path`: on a worker that is not the chief that file may be gone by then (the chief keeps one
+        # checkpoint). Create it now, while the file is there.
+        _ = self._last.save_counter
         return json.loads(self._state.numpy().decode("utf-8"))
 
 

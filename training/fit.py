@@ -14,6 +14,7 @@ import sys
 
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig, dataset_config
+from training.strategy import CHOICES as STRATEGIES
 
 DATASETS = ("wikipedia", "webnews", "pascal", "nuswide10k")
 
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--representation", choices=("fc10", "fc9"))
     parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
                         help="switch off one part of CHTN")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="tf.distribute strategy (default auto: multi-worker when TF_CONFIG names several workers, "
+                             "mirrored with several GPUs, else default); --batch-size is the global batch")
     parser.add_argument("--no-resume", action="store_true",
                         help="start over, replacing the run in --out (default: continue it)")
     parser.add_argument("--allow-leak", action="store_true",
@@ -119,6 +123,16 @@ def main(argv=None) -> int:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         return _error(f"--out {run_dir} is a file; pass a folder (new, or a run folder to continue)")
 
+    from training.strategy import StrategyError, check_global_batch, select_strategy
+
+    try:
+        # First: a multi-worker strategy must exist before TensorFlow runs anything else.
+        distribution = select_strategy(args.strategy)
+        check_global_batch(config.train.batch_size, distribution)
+    except StrategyError as e:
+        return _error(str(e))
+    print(distribution.describe(), flush=True)
+
     from chtn_tf.atomic import FolderBusy
     from chtn_tf.data.checks import check_usable
     from training.inputs import prepare_inputs, read_dataset
@@ -141,24 +155,44 @@ def main(argv=None) -> int:
         return _error(f"{dataset.name} is not usable: " + "; ".join(verdict.errors)
                       + " (`python -m chtn_tf.data.inspect` lists every problem)")
     try:
-        inputs = prepare_inputs(config, progress=not args.quiet, dataset=dataset)
+        inputs = prepare_inputs(config, progress=not args.quiet, dataset=dataset,
+                                shard=(distribution.worker_index, distribution.num_workers))
     except (DatasetError, FileNotFoundError, ValueError) as e:
         return _error(str(e))
+    except TimeoutError as e:  # a feature shard of another worker never came
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     dataset = inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
           f"{len(dataset.splits['test'])} test pairs, {dataset.num_classes} classes; image input: "
           f"{inputs.backbone['name']} ({inputs.feature_dim}-d); source domain: "
           f"{'none' if inputs.source_features is None else f'{len(inputs.source_features)} images, {inputs.num_source_classes} classes'}",
           flush=True)
+    import tensorflow as tf
+
     try:
         if resume:
             check_data(run_dir, config, inputs)
         results = train_and_evaluate(config, inputs, run_dir, resume=resume,
-                                     verbose=2 if args.quiet or not sys.stdout.isatty() else "auto")
-    except (RunConflict, FolderBusy) as e:
+                                     verbose=2 if args.quiet or not sys.stdout.isatty() else "auto",
+                                     distribution=distribution)
+    except (RunConflict, FolderBusy, StrategyError) as e:
         return _error(str(e))
+    except tf.errors.OpError as e:
+        from training.strategy import is_lost_worker, lost_worker_message
+
+        if not is_lost_worker(e, distribution):
+            raise
+        print(f"error: {lost_worker_message(e, distribution)}", file=sys.stderr, flush=True)
+        return 1
     print()
     print(format_results(results))
+    if distribution.num_workers > 1:
+        print(f"worker {distribution.worker_index} of {distribution.num_workers}: trained weights sha256 "
+              f"{results['weights_sha256']} (the same on every worker)")
+    if not distribution.is_chief:
+        print(f"\nrun folder (written by worker 0): {run_dir}")
+        return 0
     print(f"\nrun folder: {run_dir} (results.json, examples.html, pr_curves.png, training_curves.png, "
           f"logs/ for TensorBoard)")
     return 0

@@ -71,6 +71,8 @@ class CHTNHyperModel(keras_tuner.HyperModel):
         epochs: epochs per trial (Hyperband passes its own per trial).
         fit_verbose: ``verbose`` of each trial's ``model.fit`` (the tuner's own ``verbose`` only sets its
             display); validation MAP is printed every epoch either way.
+        strategy: the ``tf.distribute`` strategy each trial trains under (e.g. ``MirroredStrategy`` over the
+            GPUs of a worker); default: the current one.
 
     Example:
         >>> hypermodel = CHTNHyperModel(dataset_config("wikipedia"), prepare_inputs(config), epochs=5)
@@ -78,7 +80,7 @@ class CHTNHyperModel(keras_tuner.HyperModel):
         >>> tuner.search()
     """
 
-    def __init__(self, base: ExperimentConfig, inputs: PreparedInputs, *, epochs: int, fit_verbose=0):
+    def __init__(self, base: ExperimentConfig, inputs: PreparedInputs, *, epochs: int, fit_verbose=0, strategy=None):
         super().__init__(name="chtn", tunable=True)
         if epochs < 1:
             raise ValueError(f"epochs per trial must be at least 1, got {epochs}")
@@ -86,6 +88,7 @@ class CHTNHyperModel(keras_tuner.HyperModel):
         self.inputs = without_test_split(inputs)
         self.epochs = int(epochs)
         self.fit_verbose = fit_verbose
+        self.strategy = strategy
         self.dimensions = tuple(d for d in SEARCH_SPACE if self._is_active(d))
 
     def _is_active(self, dimension: SearchDimension) -> bool:
@@ -121,7 +124,7 @@ class CHTNHyperModel(keras_tuner.HyperModel):
         return int(hp.values.get(HYPERBAND_EPOCHS, self.epochs))
 
     def build(self, hp):
-        return build_model(self.trial_config(hp), self.inputs)
+        return build_model(self.trial_config(hp), self.inputs, strategy=self.strategy)
 
     def fit(self, hp, model, *args, **kwargs):
         return fit_model(model, self.inputs, epochs=kwargs.get("epochs", self.epochs),

@@ -1,7 +1,8 @@
 """Turns a config's data section into model-ready arrays: image features per split, texts, labels, source.
 
 Raw images go through the (frozen) backbone once; the features are cached by
-:func:`chtn_tf.backbones.extract_features`, so a second run, or a tuning trial, starts in seconds.
+:func:`chtn_tf.backbones.extract_features`, so a second run, or a tuning trial, starts in seconds. The workers
+of a cluster each compute 1/N of them and share the rest through the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from chtn_tf.backbones.extract import extract_dataset, resolve_source
 from chtn_tf.data import load_dataset, source_domain
 from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem, SplitData
 from chtn_tf.model.config import ExperimentConfig
@@ -59,50 +61,46 @@ def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
                         val_fraction=data.val_fraction, allow_leak=data.allow_leak, **data.options)
 
 
-def _resolve_source(config: ExperimentConfig, dataset: CrossModalDataset) -> Optional[str]:
-    source = config.data.source or "auto"
-    if not config.loss.source_transfer or source == "none":
-        return None
-    if dataset.image_kind == "features":
-        if source == "auto":
-            return None
-        raise DatasetError(
-            f"source transfer needs raw target images, but {dataset.name} has only precomputed image features "
-            f"here; run with --source none (or provide the raw images)")
-    return "imagenette" if source == "auto" else source
-
-
-def prepare_inputs(config: ExperimentConfig, *, progress: bool = True,
-                   dataset: Optional[CrossModalDataset] = None) -> PreparedInputs:
+def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: Optional[CrossModalDataset] = None,
+                   shard: tuple = (0, 1)) -> PreparedInputs:
     """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
-    image features for every split and the source domain."""
-    dataset = read_dataset(config) if dataset is None else dataset
-    source_spec = _resolve_source(config, dataset)
+    image features for every split and the source domain.
 
+    ``shard=(I, N)``: this process is worker I of N; it runs 1/N of the backbone passes and the features are
+    merged through the shared feature cache (:func:`chtn_tf.backbones.extract.extract_dataset`).
+    """
+    dataset = read_dataset(config) if dataset is None else dataset
+    source_spec = resolve_source(config.data.source, dataset, source_transfer=config.loss.source_transfer)
+
+    source = None
     if dataset.image_kind == "features":
         features = {name: split.image_features for name, split in dataset.splits.items()}
         backbone = {"name": "precomputed", "feature_dim": int(dataset.image_feature_dim)}
-        spec = None
     else:
-        from chtn_tf.backbones import extract_features, resolve_backbone
+        from chtn_tf.backbones import resolve_backbone
 
         spec = resolve_backbone(config.train.backbone)
         backbone = {"name": spec.name, "handle": str(spec.handle), "image_size": int(spec.image_size),
                     "feature_dim": int(spec.feature_dim)}
+        if source_spec is not None:
+            source = source_domain(source_spec, data_dir=config.data.data_dir)
+        extracted = extract_dataset(dataset, spec, source_paths=None if source is None else source.image_paths,
+                                    shard=shard, progress=progress)
+        if shard[1] > 1:
+            log.info("worker %d of %d ran %d of %d images through %s (the rest came from the other workers or the "
+                     "cache)", shard[0], shard[1], sum(f.computed for f in extracted.values()),
+                     sum(len(f.features) for f in extracted.values()), spec.name)
         features = {}
         for name, split in list(dataset.splits.items()):
-            extracted = extract_features(split.image_paths, spec, progress=progress)
-            features[name], dataset.splits[name] = _drop_failed(dataset, name, split, extracted)
+            features[name], dataset.splits[name] = _drop_failed(dataset, name, split, extracted[name])
 
     source_features = source_labels = source_classes = None
-    if source_spec is not None:
-        source = source_domain(source_spec, data_dir=config.data.data_dir)
-        extracted = extract_features(source.image_paths, spec, progress=progress)
+    if source is not None:
         keep = np.ones(len(source.image_paths), bool)
-        for index, path, reason in extracted.failed:
+        for index, path, reason in extracted["source"].failed:
             keep[index] = False
             log.warning("source image skipped: %s (%s)", path, reason)
-        source_features = extracted.features[keep]
+        source_features = extracted["source"].features[keep]
         source_labels = np.asarray(source.labels, np.int32)[keep]
         source_classes = list(source.class_names)
     return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone)

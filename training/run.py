@@ -12,6 +12,8 @@ import shutil
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from chtn_tf.atomic import folder_lock, write_json_atomic
 from chtn_tf.metrics import plots
@@ -25,6 +27,8 @@ from training import checkpoint
 from training.callbacks import ResumableEarlyStopping, RunCheckpointer, ValidationMAP, stopped_early
 from training.inputs import PreparedInputs, batches_per_epoch, target_batches
 from training.examples import write_run_examples
+from training.replica_loop import fit_replicated, uses_replica_loop
+from training.strategy import Distribution, StrategyError, default_distribution
 
 log = logging.getLogger("chtn")
 
@@ -41,27 +45,34 @@ class RunConflict(ValueError):
     """The run folder holds a run that this command cannot continue; nothing in it has been changed."""
 
 
-def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vectorizer=None) -> CHTNModel:
+def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vectorizer=None,
+                strategy=None) -> CHTNModel:
     """The model factory shared by ``training.fit`` and ``training.tune``: built and compiled.
 
-    ``text_vectorizer``: a saved run's vectoriser (resume); by default one is adapted on the training texts.
+    ``text_vectorizer``: a saved run's vectoriser (resume); by default one is adapted on the training texts
+    (outside the strategy: it is data, the same on every worker). The model, its optimiser and metrics are
+    created under ``strategy.scope()`` (default: the current strategy).
     """
     keras.utils.set_random_seed(config.train.seed)
     if text_vectorizer is None:
         text_vectorizer = build_text_vectorizer(config.model, inputs.dataset.splits["train"].texts)
-    model = CHTNModel(config, image_feature_dim=inputs.feature_dim, num_classes=inputs.dataset.num_classes,
-                      text_vectorizer=text_vectorizer, num_source_classes=inputs.num_source_classes)
     steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
-    model.compile(optimizer=make_optimizer(config.optimizer, total_steps=steps * config.train.epochs))
-    model.build_all()
-    model.optimizer.build(model.trainable_variables)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = CHTNModel(config, image_feature_dim=inputs.feature_dim, num_classes=inputs.dataset.num_classes,
+                          text_vectorizer=text_vectorizer, num_source_classes=inputs.num_source_classes)
+        model.compile(optimizer=make_optimizer(config.optimizer, total_steps=steps * config.train.epochs))
+        model.build_all()
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
-def fit_callbacks(model_inputs: PreparedInputs) -> list:
+def fit_callbacks(model_inputs: PreparedInputs, model=None) -> list:
     """Callbacks every CHTN fit needs first (validation MAP into the logs)."""
     val = model_inputs.dataset.splits["val"]
-    return [ValidationMAP(model_inputs.features["val"], val.texts, val.labels)]
+    first = []
+    if model is not None and getattr(model.optimizer, "use_ema", False):
+        first.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    return first + [ValidationMAP(model_inputs.features["val"], val.texts, val.labels)]
 
 
 def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_epoch: int = 0,
@@ -69,7 +80,8 @@ def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_
     """``model.fit`` on the training split with validation batches and MAP; returns the History.
 
     Epoch ``e`` sees the same batches whatever ``initial_epoch`` is (see :func:`training.inputs.target_batches`),
-    so a resumed run continues exactly where an uninterrupted one would be.
+    so a resumed run continues exactly where an uninterrupted one would be, on one process or several workers.
+    Models built under a mirrored or multi-worker strategy train with :func:`fit_replicated`.
     """
     config = model.config
     with_source = model.use_source
@@ -78,9 +90,13 @@ def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_
     val = target_batches(inputs, "val", batch_size=config.train.batch_size, seed=config.train.seed,
                          shuffle=False, with_source=with_source)
     steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
+    if uses_replica_loop(model.distribute_strategy):
+        return fit_replicated(model, train, steps_per_epoch=steps, validation_data=val, epochs=epochs,
+                              initial_epoch=initial_epoch, callbacks=fit_callbacks(inputs, model) + list(callbacks),
+                              verbose=verbose)
     # shuffle=False: the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset and warns if asked.
     return model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                     shuffle=False, callbacks=fit_callbacks(inputs) + list(callbacks), verbose=verbose)
+                     shuffle=False, callbacks=fit_callbacks(inputs, model) + list(callbacks), verbose=verbose)
 
 
 def evaluate_split(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict:
@@ -199,7 +215,7 @@ def _remove_earlier_run(run_dir: str) -> None:
 
 
 def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir: str, *,
-                       resume: bool = True, verbose="auto") -> dict:
+                       resume: bool = True, verbose="auto", distribution: Distribution | None = None) -> dict:
     """Trains (or resumes) a run in ``run_dir``, reloads its best checkpoint, evaluates on test.
 
     Writes ``config.json``, the model definition, TensorBoard logs under ``logs/``, ``history.json``,
@@ -208,20 +224,26 @@ def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir
     ``config_history.json``. Leftovers of an interrupted run are removed first. With ``resume=False`` an
     earlier run in ``run_dir`` is replaced. Returns the results dict.
 
+    Under a multi-worker ``distribution`` (default: one process) only the chief writes ``run_dir``; the other
+    workers resume from and evaluate with the chief's checkpoints there (a folder every worker reads), save
+    their own checkpoints into temporary folders they delete, and write nothing else.
+
     Raises:
         RunConflict: ``run_dir`` holds a run with another config or other data (with ``resume``).
         chtn_tf.atomic.FolderBusy: another process is writing ``run_dir``.
     """
-    writer = checkpoint.writes_run_folder()
+    distribution = distribution or default_distribution()
+    writer = checkpoint.writes_run_folder(distribution)
     with folder_lock(run_dir) if writer else contextlib.nullcontext():
         if writer:
             removed = checkpoint.remove_leftovers(run_dir)
             if removed:
                 print(f"Removed {len(removed)} leftover(s) of an interrupted run in {run_dir}", flush=True)
-        return _train_and_evaluate(config, inputs, run_dir, resume=resume, verbose=verbose, writer=writer)
+        return _train_and_evaluate(config, inputs, run_dir, resume=resume, verbose=verbose, writer=writer,
+                                   distribution=distribution)
 
 
-def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> dict:
+def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer, distribution) -> dict:
     started = time.time()
     changes = {}
     if resume:
@@ -232,7 +254,7 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> 
     vectorizer = None
     if resume and checkpoint.has_checkpoint(run_dir):
         vectorizer = load_text_vectorizer(os.path.join(run_dir, VECTORIZER_FILE), name="text_vectorizer")
-    model = build_model(config, inputs, text_vectorizer=vectorizer)
+    model = build_model(config, inputs, text_vectorizer=vectorizer, strategy=distribution.strategy)
     checkpoints = checkpoint.RunCheckpoints(run_dir, model, writer=writer)
     state = checkpoints.restore_last() if resume else None
     if state is not None:
@@ -265,6 +287,11 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> 
               f"evaluating its best checkpoint", flush=True)
     train_seconds = time.time() - started
 
+    # Every worker is past its last epoch, so the chief's checkpoints are complete.
+    distribution.barrier()
+    if not writer and not checkpoint.has_checkpoint(run_dir):
+        raise StrategyError(f"worker {distribution.worker_index} finds no checkpoint of the chief in {run_dir}: the "
+                            f"run folder (--out) must be a folder every worker shares (the same path on each)")
     restore_best(run_dir, model)
     test = evaluate_split(model, inputs, "test")
     dataset = inputs.dataset
@@ -280,6 +307,8 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> 
         "best_epoch": checkpointer.best_epoch + 1,
         "epochs_run": len(checkpointer.history.get("loss", [])),
         "train_seconds": round(train_seconds, 1),
+        **distribution.record(),
+        "weights_sha256": weights_digest(model),
         "test": test,
     }
     if writer:
@@ -290,6 +319,14 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer) -> 
         shown = write_run_examples(model, inputs, run_dir, results=results, seed=config.train.seed)
         log.info("examples.html and logs/projector written in %.1f s", shown["seconds"])
     return results
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of every weight's bytes, in order: equal digests mean bit-identical models (e.g. across workers)."""
+    digest = hashlib.sha256()
+    for value in model.get_weights():
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
 
 def format_results(results: dict) -> str:

@@ -6,6 +6,13 @@ is the base config itself, so the best config is never worse on validation than 
 same command with a larger ``--max-trials`` continues the search in ``DIR`` (an interrupted trial is rerun).
 At the end it writes ``DIR/best_config.json`` (``python -m training.fit --config DIR/best_config.json``
 retrains the best trial) and ``DIR/trials.json``, and prints a table of all trials.
+
+Several machines search together with keras-tuner's own chief/worker protocol: run the same command on
+every process with ``KERASTUNER_ORACLE_IP`` / ``KERASTUNER_ORACLE_PORT`` (where the chief serves the oracle)
+and ``KERASTUNER_TUNER_ID`` (``chief`` for the one process that serves it, ``tuner0``, ``tuner1``, ... one
+distinct id per worker). The chief hands out trials and runs none; each worker runs the trials it is given
+(a trial goes to one worker only) and writes that trial's folder; when all trials are done the chief writes
+``trials.json`` and ``best_config.json``. ``--out`` must be a folder every process shares.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", help="image backbone for raw-image datasets (default: the config's)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep every trial's weights (default: only the best trial's; hyperband keeps all)")
+    parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto",
+                        help="tf.distribute strategy of each trial (default auto: mirrored over several GPUs, else "
+                             "default); searches scale out over machines with KERASTUNER_* (see the module doc)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
                         help="Keras output inside a trial: 0 validation MAP lines only, 1 progress bars, 2 a line per epoch")
     return parser
@@ -56,6 +66,84 @@ def base_config(args) -> ExperimentConfig:
     fit_args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     fit_args.seed, fit_args.backbone = args.seed, args.backbone
     return resolve_config(fit_args)
+
+
+def tuning_role(environ=None) -> str:
+    """``single``, ``chief`` or ``worker``: keras-tuner's distributed-search role from its environment variables.
+
+    keras-tuner switches to client/server mode by itself when ``KERASTUNER_ORACLE_IP`` is set; the process
+    whose ``KERASTUNER_TUNER_ID`` contains "chief" serves the oracle.
+
+    Raises:
+        ValueError: ``KERASTUNER_ORACLE_IP`` without ``KERASTUNER_ORACLE_PORT`` or ``KERASTUNER_TUNER_ID``.
+    """
+    env = os.environ if environ is None else environ
+    if "KERASTUNER_ORACLE_IP" not in env:
+        return "single"
+    missing = [name for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not env.get(name)]
+    if missing:
+        raise ValueError(f"KERASTUNER_ORACLE_IP is set (distributed search) but {' and '.join(missing)} is not: set "
+                         f"KERASTUNER_ORACLE_PORT to the chief's port and KERASTUNER_TUNER_ID to 'chief' on the chief, "
+                         f"tuner0, tuner1, ... on the workers")
+    if not env["KERASTUNER_ORACLE_PORT"].isdigit():
+        raise ValueError(f"KERASTUNER_ORACLE_PORT must be a port number, got {env['KERASTUNER_ORACLE_PORT']!r}")
+    return "chief" if "chief" in env["KERASTUNER_TUNER_ID"] else "worker"
+
+
+class ChiefWatch:
+    """Ends a distributed-search worker whose chief has gone away, instead of letting it wait for an hour.
+
+    keras-tuner's workers wait up to an hour for each answer of the chief. Once the chief has answered this
+    process (its oracle port accepted a connection), a daemon thread checks the port every ``interval``
+    seconds; when it has refused connections for ``grace`` seconds the worker prints which chief it lost and
+    exits with status 1. Stop it (:meth:`stop`) when the search is over: the chief then leaves by design.
+    """
+
+    def __init__(self, host: str, port: int, *, grace: float = 120.0, interval: float = 5.0, on_lost=None):
+        import threading
+
+        self.host, self.port, self.grace, self.interval = host, int(port), grace, interval
+        self.on_lost = on_lost or self._exit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="chief-watch", daemon=True)
+
+    def start(self) -> "ChiefWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _reachable(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.interval):
+                return True
+        except OSError:
+            return False
+
+    def _watch(self) -> None:
+        import time
+
+        seen, lost_since = False, None
+        while not self._stop.wait(self.interval):
+            if self._reachable():
+                seen, lost_since = True, None
+            elif seen:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > self.grace and not self._stop.is_set():
+                    self.on_lost(f"lost the tuning chief at {self.host}:{self.port} "
+                                 f"(no answer for {self.grace:.0f} s); "
+                                 f"the trial in progress is abandoned. Restart the chief with the same command: it "
+                                 f"continues the search, and this worker (same KERASTUNER_TUNER_ID) resumes its trial")
+                    return
+
+    @staticmethod
+    def _exit(message: str) -> None:
+        # From a watcher thread: the main thread is blocked inside keras-tuner's gRPC call.
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _oracle_class(kind: str):
@@ -82,17 +170,19 @@ def make_tuner(kind: str, hypermodel, *, directory: str, max_trials: int, seed: 
     from training.hypermodel import OBJECTIVE
 
     class CHTNTuner(keras_tuner.Tuner):
-        """keras-tuner's Tuner that keeps only the best trial's checkpoint (they are 10s of MB each)."""
+        """keras-tuner's Tuner that keeps only the best trial's checkpoint (they are 10s of MB each).
+
+        A distributed-search worker sees only its own trials: the chief prunes at the end
+        (:func:`prune_checkpoints`).
+        """
+
+        ran = ()  # trial ids this process ran
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            if keep_checkpoints:
-                return
-            best = {t.trial_id for t in self.oracle.get_best_trials(1)}
-            for trial_id in self.oracle.trials:
-                path = self._get_checkpoint_fname(trial_id)
-                if trial_id not in best and os.path.exists(path):
-                    os.remove(path)
+            self.ran = (*self.ran, trial.trial_id)
+            if not keep_checkpoints and tuning_role() == "single":
+                prune_checkpoints(self)
 
     common = dict(directory=directory, project_name=PROJECT, overwrite=False)
     if kind == "hyperband":
@@ -106,6 +196,15 @@ def make_tuner(kind: str, hypermodel, *, directory: str, max_trials: int, seed: 
     return CHTNTuner(oracle=oracle, hypermodel=hypermodel, **common)
 
 
+def prune_checkpoints(tuner) -> None:
+    """Removes every trial's weights but the best trial's (needs the oracle itself: single process or chief)."""
+    best = {t.trial_id for t in tuner.oracle.get_best_trials(1)}
+    for trial_id in tuner.oracle.trials:
+        path = tuner._get_checkpoint_fname(trial_id)
+        if trial_id not in best and os.path.exists(path):
+            os.remove(path)
+
+
 def search_settings(args, base: ExperimentConfig, hypermodel) -> dict:
     """What defines a search; a resumed search must match it (``--max-trials`` may grow, data may move)."""
     config = base.to_dict()
@@ -114,9 +213,21 @@ def search_settings(args, base: ExperimentConfig, hypermodel) -> dict:
             "search_space": [d.name for d in hypermodel.dimensions]}
 
 
-def check_resumable(out: str, settings: dict) -> None:
-    """Raises ValueError when ``out`` holds a search with other settings; records them for a new one."""
+def check_resumable(out: str, settings: dict, *, record: bool = True) -> None:
+    """Raises ValueError when ``out`` holds a search with other settings; records them for a new one.
+
+    ``record=False`` (a distributed-search worker): only compares, with the chief's record when it exists.
+    """
     path = os.path.join(out, SETTINGS)
+    if not record:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+            if previous != json.loads(json.dumps(settings)):
+                changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
+                raise ValueError(f"this worker's search differs from the chief's in {out} ({', '.join(changed)}; see "
+                                 f"{path}): run the same command, with the same data and flags, on every process")
+        return
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
@@ -125,9 +236,10 @@ def check_resumable(out: str, settings: dict) -> None:
             changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
             raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)} differ; see {path}); "
                              f"re-run with the same --tuner/--epochs/config to continue it, or use a new --out")
-    elif os.path.isdir(os.path.join(out, PROJECT)):
-        raise ValueError(f"{out}/{PROJECT} exists but {path} does not: not a search made by training.tune; "
-                         f"use a new --out")
+    elif os.path.exists(os.path.join(out, PROJECT, "oracle.json")):
+        # (An oracle-less project folder is fine: distributed-search workers create it while the chief starts.)
+        raise ValueError(f"{out}/{PROJECT} holds a search but {path} does not exist: not a search made by "
+                         f"training.tune; use a new --out")
     else:
         write_json_atomic(path, settings)
 
@@ -181,6 +293,11 @@ def main(argv=None) -> int:
         print("error: --max-trials and --epochs must be at least 1", file=sys.stderr)
         return 2
     try:
+        role = tuning_role()
+        from training.strategy import select_strategy
+
+        # First (a strategy must exist before TensorFlow runs anything); TF_CONFIG plays no part in a search.
+        distribution = select_strategy(args.strategy, use_tf_config=False)
         base = base_config(args)
         from training.inputs import prepare_inputs
 
@@ -191,35 +308,65 @@ def main(argv=None) -> int:
 
     from training.hypermodel import CHTNHyperModel
 
-    hypermodel = CHTNHyperModel(base, inputs, epochs=args.epochs, fit_verbose=args.verbose)
+    hypermodel = CHTNHyperModel(base, inputs, epochs=args.epochs, fit_verbose=args.verbose,
+                                strategy=distribution.strategy)
     names = [d.name for d in hypermodel.dimensions]
     dataset = hypermodel.inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val pairs "
           f"(test split not used); image input: {inputs.backbone['name']}; searching {', '.join(names)}"
           + ("" if "mmd_weight" in names else " (no source domain: the MMD weight has no effect and is not searched)"),
           flush=True)
+    if role != "single":
+        where = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+        print(f"distributed search: {os.environ['KERASTUNER_TUNER_ID']} is the "
+              + ("chief: it serves the oracle at " + where + " and runs no trial" if role == "chief"
+                 else "worker: it runs the trials the chief at " + where + " hands out"), flush=True)
     os.makedirs(args.out, exist_ok=True)
     try:
-        check_resumable(args.out, search_settings(args, base, hypermodel))
+        check_resumable(args.out, search_settings(args, base, hypermodel), record=role != "worker")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tuner = make_tuner(args.tuner, hypermodel, directory=args.out, max_trials=args.max_trials,
                        seed=base.train.seed, keep_checkpoints=args.keep_checkpoints)
-    done = sum(1 for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID"))
-    if done:
-        print(f"continuing the {args.tuner} search in {args.out}: {done} trial(s) already there, "
-              f"up to {args.max_trials} in all", flush=True)
+    if role != "worker":
+        done = sum(1 for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID"))
+        if done:
+            print(f"continuing the {args.tuner} search in {args.out}: {done} trial(s) already there, "
+                  f"up to {args.max_trials} in all", flush=True)
 
     import keras
 
     tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(args.out, "logs"), write_graph=False)
     stopped = None
+    watch = None
+    if role == "worker":
+        watch = ChiefWatch(os.environ["KERASTUNER_ORACLE_IP"], int(os.environ["KERASTUNER_ORACLE_PORT"])).start()
     try:
         tuner.search(callbacks=[tensorboard], verbose=1)
     except RuntimeError as e:  # keras-tuner stops after several consecutive failed trials
         stopped = str(e).strip()
+    finally:
+        if watch is not None:
+            watch.stop()
+    if role == "worker":
+        ran = getattr(tuner, "ran", [])
+        print(f"\n{os.environ['KERASTUNER_TUNER_ID']} ran {len(ran)} trial(s)"
+              + (f": {', '.join(str(int(t) + 1) for t in ran)}" if ran else "")
+              + f". The chief writes {os.path.join(args.out, 'trials.json')} and best_config.json.")
+        if stopped:
+            print(f"search stopped: {stopped}", file=sys.stderr)
+            return 1
+        return 0
+    # Hyperband continues trials from earlier ones' weights: it keeps them all.
+    prune = role == "chief" and not args.keep_checkpoints and args.tuner != "hyperband"
+    return report_search(args, tuner, hypermodel, names, stopped, prune=prune)
 
+
+def report_search(args, tuner, hypermodel, names, stopped, *, prune: bool) -> int:
+    """Writes ``trials.json`` and ``best_config.json`` and prints the table (single process or chief)."""
+    if prune:
+        prune_checkpoints(tuner)
     rows = trial_rows(tuner, hypermodel)
     completed = [r for r in rows if r["val_map_avg"] is not None]
     best_trial = tuner.oracle.get_best_trials(1)[0] if completed else None

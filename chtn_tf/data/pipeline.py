@@ -28,9 +28,14 @@ def decode_image(image_bytes: tf.Tensor, image_size: Union[int, Sequence[int]] =
 
     Grey and RGBA images become 3-channel RGB; an animated GIF gives its first frame.
     """
-    height, width = _size(image_size)
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
+    return resize_image(image, image_size)
+
+
+def resize_image(image: tf.Tensor, image_size: Union[int, Sequence[int]] = 224) -> tf.Tensor:
+    """A decoded uint8 ``[H, W, 3]`` image as float32 in ``[0, 1]``, resized (bilinear, antialiased)."""
+    height, width = _size(image_size)
     image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [height, width], method="bilinear", antialias=True)
     return tf.clip_by_value(image, 0.0, 1.0)
 

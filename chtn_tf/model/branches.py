@@ -20,7 +20,7 @@ def _dense_bn_relu(x, width: int, name: str, dropout: float):
 
 
 def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "i", dropout: float = 0.0,
-                       input_bn: bool = True, name: str = "image_branch") -> keras.Model:
+                       input_bn: bool = True, input_dropout: float = 0.0, name: str = "image_branch") -> keras.Model:
     """Image features -> ``fc6_<suffix>`` -> ``fc7_<suffix>``; outputs ``[fc6, fc7]`` (post-ReLU).
 
     Args:
@@ -30,16 +30,19 @@ def build_image_branch(feature_dim: int, *, widths=(4096, 4096), suffix: str = "
         dropout: dropout after each layer (training only).
         input_bn: BatchNorm on the input features first (precomputed features such as SIFT histograms
             come on arbitrary scales; the released model fed conv5 activations directly).
+        input_dropout: dropout on the (normalised) input features (training only).
     """
     inputs = keras.Input(shape=(feature_dim,), name=f"{name}_features")
     x = keras.layers.BatchNormalization(name=f"image_input_bn_{suffix}")(inputs) if input_bn else inputs
+    if input_dropout:
+        x = keras.layers.Dropout(input_dropout, name=f"image_input_dropout_{suffix}")(x)
     fc6 = _dense_bn_relu(x, widths[0], f"fc6_{suffix}", dropout)
     fc7 = _dense_bn_relu(fc6, widths[1], f"fc7_{suffix}", dropout)
     return keras.Model(inputs, [fc6, fc7], name=name)
 
 
 def build_text_branch(vocab_size: int, *, widths=(4096, 4096), dropout: float = 0.0, input_norm: str = "batchnorm",
-                      name: str = "text_branch") -> keras.Model:
+                      input_dropout: float = 0.0, name: str = "text_branch") -> keras.Model:
     """Bag-of-words vector -> input normalisation -> ``fc6_t`` -> ``fc7_t``; outputs ``[fc6, fc7]``.
 
     ``input_norm``: ``batchnorm`` (the released model: BatchNorm with learnable scale on the raw vector) or
@@ -52,6 +55,8 @@ def build_text_branch(vocab_size: int, *, widths=(4096, 4096), dropout: float = 
         x = keras.layers.UnitNormalization(name="text_input_l2")(keras.ops.log1p(inputs[:, 1:]))
     else:
         x = keras.layers.BatchNormalization(name="text_input_bn")(inputs)
+    if input_dropout:
+        x = keras.layers.Dropout(input_dropout, name="text_input_dropout")(x)
     fc6 = _dense_bn_relu(x, widths[0], "fc6_t", dropout)
     fc7 = _dense_bn_relu(fc6, widths[1], "fc7_t", dropout)
     return keras.Model(inputs, [fc6, fc7], name=name)

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf import losses as chtn_losses
+from chtn_tf.model import cross_replica
 from chtn_tf.model.branches import (
     build_correlation_head,
     build_image_branch,
@@ -62,9 +63,10 @@ class CHTNModel(keras.Model):
         vocab_size = int(text_vectorizer.vocabulary_size())
         self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
                                                dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
-                                               name="image_branch")
+                                               input_dropout=model_cfg.input_dropout, name="image_branch")
         self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout,
-                                            input_norm=model_cfg.text_input_norm)
+                                            input_norm=model_cfg.text_input_norm,
+                                            input_dropout=model_cfg.input_dropout)
         fc7_width = model_cfg.branch_widths[1]
         if model_cfg.shared_layers:
             self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths)
@@ -89,6 +91,8 @@ class CHTNModel(keras.Model):
 
         # One tracker per loss term.
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS}
+        # Built under a strategy with several replicas: BatchNorm over the global batch.
+        cross_replica.synchronize_batch_norm(self)
 
     # ------------------------------------------------------------------ encoders
     def _representation(self, fc9, logits):
@@ -138,9 +142,10 @@ class CHTNModel(keras.Model):
         _, image_logits = self.image_head(image_fc7, training=training)
         _, text_logits = self.text_head(text_fc7, training=training)
         zero = tf.constant(0.0)
+        smoothing = self.config.loss.label_smoothing
         terms = {
-            "image_ce": chtn_losses.softmax_cross_entropy(labels, image_logits),
-            "text_ce": chtn_losses.softmax_cross_entropy(labels, text_logits),
+            "image_ce": chtn_losses.softmax_cross_entropy(labels, image_logits, label_smoothing=smoothing),
+            "text_ce": chtn_losses.softmax_cross_entropy(labels, text_logits, label_smoothing=smoothing),
             "pair_fc6": chtn_losses.pair_loss(image_fc6, text_fc6),
             "pair_fc7": chtn_losses.pair_loss(image_fc7, text_fc7),
             "source_ce": zero, "mmd_fc6": zero, "mmd_fc7": zero,
@@ -164,16 +169,22 @@ class CHTNModel(keras.Model):
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch):
+        """One optimiser step on ``batch``; under a strategy, on this replica's slice of the global batch.
+
+        Each replica minimises its share of the global objective (per-example terms as a mean over the
+        global batch, MMD as the mean of the replicas' estimates; see :mod:`chtn_tf.model.cross_replica`)
+        and the optimiser sums the replicas' gradients. With one replica this is the plain objective.
+        """
         with tf.GradientTape() as tape:
-            terms = self.loss_terms(batch, training=True)
+            terms = cross_replica.replica_shares(self.loss_terms(batch, training=True), batch)
             loss = self.total_loss(terms)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._track(loss, terms)
+        return self._track(*cross_replica.global_values(loss, terms))
 
     def test_step(self, batch):
-        terms = self.loss_terms(batch, training=False)
-        return self._track(self.total_loss(terms), terms)
+        terms = cross_replica.replica_shares(self.loss_terms(batch, training=False), batch)
+        return self._track(*cross_replica.global_values(self.total_loss(terms), terms))
 
     def _track(self, loss, terms):
         self.loss_trackers["loss"].update_state(loss)
@@ -224,13 +235,14 @@ def make_optimizer(config, *, total_steps: int = 0) -> keras.optimizers.Optimize
             decays the learning rate to 0 over them. Ignored by the ``constant`` schedule.
     """
     learning_rate = config.learning_rate
+    ema = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
     if config.schedule == "cosine" and total_steps > 0:
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=int(total_steps))
     if config.name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum,
-                                         weight_decay=config.weight_decay or None)
+                                         weight_decay=config.weight_decay or None, **ema)
     elif config.name == "adam":
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **ema)
     else:
         raise ValueError(f"optimizer.name must be 'sgd' or 'adam', got {config.name!r}")
     if config.weight_decay:

@@ -110,6 +110,7 @@ class ModelConfig:
     shared_layers: bool = True
     image_input_bn: bool = True
     text_input_norm: str = "batchnorm"
+    input_dropout: float = 0.0
 
     def __post_init__(self):
         self.branch_widths = tuple(int(w) for w in self.branch_widths)
@@ -148,6 +149,7 @@ class LossConfig:
     mmd_kernel_num: int = 1
     mmd_kernel_mul: float = 2.0
     source_transfer: bool = True
+    label_smoothing: float = 0.0
 
 
 @dataclasses.dataclass
@@ -167,6 +169,7 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "constant"
+    ema_momentum: float = 0.0
 
 
 @dataclasses.dataclass
