@@ -14,9 +14,13 @@ REAL_DATA_ENV = "CHTN_DATA_DIR"
 
 
 def real_data_dir():
-    """The real datasets folder from ``$CHTN_DATA_DIR``, or None when it is unset or missing."""
+    """The real datasets folder from ``$CHTN_DATA_DIR`` as an absolute path, or None when it is unset or missing.
+
+    Absolute because CI sets a relative value (``../shared/datasets``) and tests write manifests elsewhere, whose
+    relative image paths would then resolve against the manifest's folder.
+    """
     value = os.environ.get(REAL_DATA_ENV)
-    return pathlib.Path(value) if value and pathlib.Path(value).is_dir() else None
+    return pathlib.Path(value).resolve() if value and pathlib.Path(value).is_dir() else None
 
 
 def write_image(path, *, size=32, color=(200, 30, 60), fmt=None, mode="RGB"):
