@@ -40,7 +40,7 @@ def map_at_all(queries, query_labels, gallery, gallery_labels) -> float:
 def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_dir: str | None = None,
            tolerance: float = 0.005) -> dict:
     """``{"map_i2t", "map_t2i", "run_map_i2t", "run_map_t2i", "n_test", "run_n_test", "ok", ...}``."""
-    from chtn_tf.data import load_dataset
+    from chtn_tf.data import read_dataset
     from chtn_tf.model.config import ExperimentConfig
     from export.local import ExportedEncoders
 
@@ -50,11 +50,7 @@ def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_d
     config = ExperimentConfig.from_json(os.path.join(run_dir, "config.json"))
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
-    # The same call training.fit makes, so the test split is the run's.
-    data = load_dataset(config.data.dataset, manifest=config.data.manifest,
-                        data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
-                        val_fraction=config.data.val_fraction, allow_leak=config.data.allow_leak,
-                        **config.data.options)
+    data = read_dataset(config, data_dir=data_dir)  # as training.fit read it: the test split is the run's
     test = data.splits["test"]
     encoders = ExportedEncoders.from_serving_dir(serving_dir, version)
     if encoders.image_input == "image_bytes":

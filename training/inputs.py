@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf.backbones.extract import extract_dataset, resolve_source
-from chtn_tf.data import load_dataset, source_domain
-from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem, SplitData
+from chtn_tf.data import read_dataset, source_domain
+from chtn_tf.data.types import CrossModalDataset, Problem, SplitData
 from chtn_tf.model.config import ExperimentConfig
 
 log = logging.getLogger("chtn")
@@ -52,18 +52,9 @@ class PreparedInputs:
         return 0 if self.source_class_names is None else len(self.source_class_names)
 
 
-def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
-    """The dataset named by ``config.data`` (a registered name or a manifest)."""
-    data = config.data
-    if not data.dataset and not data.manifest:
-        raise DatasetError("no data given: pass --dataset NAME or --manifest PATH")
-    return load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
-                        val_fraction=data.val_fraction, allow_leak=data.allow_leak, **data.options)
-
-
 def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: Optional[CrossModalDataset] = None,
                    shard: tuple = (0, 1)) -> PreparedInputs:
-    """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
+    """Reads the data (unless ``dataset``, read by :func:`chtn_tf.data.read_dataset`, is given) and computes (or loads cached)
     image features for every split and the source domain.
 
     ``shard=(I, N)``: this process is worker I of N; it runs 1/N of the backbone passes and the features are
