@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chtn_tf.atomic import FolderBusy, atomic_path, folder_lock
+from chtn_tf.atomic import FolderBusy, folder_lock, write_text_atomic
 from chtn_tf.data.pipeline import decode_image
 from chtn_tf.model.persist import load_trained_model
 
@@ -231,9 +231,7 @@ def write_models_config(serving_dir: str, *, base_path: str | None = None) -> st
     entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
                       f'    model_platform: "tensorflow"\n  }}\n' for name in (IMAGE_MODEL, TEXT_MODEL))
     path = os.path.join(serving_dir, "models.config")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"model_config_list {{\n{entries}}}\n")
+    write_text_atomic(path, f"model_config_list {{\n{entries}}}\n")
     return path
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from typing import Optional
 
+from chtn_tf.atomic import write_json_atomic
 from chtn_tf.data.registry import registered
 
 REPRESENTATIONS = ("fc10", "fc9")
@@ -231,11 +231,7 @@ class ExperimentConfig:
 
     def to_json(self, path: str) -> None:
         """Writes the config atomically as JSON."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str) -> "ExperimentConfig":

@@ -36,7 +36,7 @@ def resolve_analyzer(config: ModelConfig, train_texts) -> str:
     return "char" if cjk > len(sample) / 2 else "word"
 
 
-def _vectorizer_kwargs(analyzer: str, config: ModelConfig) -> dict:
+def _vectorizer_kwargs(analyzer: str) -> dict:
     if analyzer == "char":
         # Chinese has no spaces: split into characters; bigrams carry most words.
         return dict(standardize="lower_and_strip_punctuation", split="character", ngrams=(1, 2))
@@ -50,7 +50,7 @@ def build_text_vectorizer(config: ModelConfig, train_texts, *, name: str = "text
         max_tokens=config.text_vocab_size,
         output_mode=config.text_weighting,
         name=name,
-        **_vectorizer_kwargs(analyzer, config),
+        **_vectorizer_kwargs(analyzer),
     )
     layer.adapt(np.asarray(list(train_texts), dtype=object), batch_size=256)
     return layer
