@@ -157,7 +157,7 @@ def part_encoder_savedmodel(run_dir, serving_dir, data_dir):
     """The exported SavedModels (what TF Serving runs), loaded with tf.saved_model.load."""
     import tensorflow as tf
 
-    from export.local import version_dirs
+    from export.layout import version_dirs
 
     image_dir, text_dir = version_dirs(serving_dir)
     image = tf.saved_model.load(image_dir).signatures["serving_default"]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from chtn_tf.model.persist import load_trained_model
-from export import saved_model, verify
+from export import layout, saved_model, verify
 from tests import fixtures_export
 
 
@@ -125,7 +125,7 @@ def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_pa
     shutil.copytree(feature_run["written"]["text"], serving / "chtn_text" / "3")  # versions exist in one model
     assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--model-base-path", "/models"]) == 0
     assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == ["4", "notes"]  # leftover removed
-    assert saved_model.existing_versions(str(serving / "chtn_text")) == [3, 4]
+    assert layout.existing_versions(str(serving / "chtn_text")) == [3, 4]
     config = (serving / "models.config").read_text()
     assert re.findall(r'name: "(\w+)"\s+base_path: "([^"]+)"\s+model_platform: "tensorflow"', config) == [
         ("chtn_image", "/models/chtn_image"), ("chtn_text", "/models/chtn_text")]

@@ -19,7 +19,7 @@ import tensorflow as tf
 from chtn_tf.atomic import folder_lock
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import build_model_from_run, encoder_variables, optimizer_variables
-from export import saved_model
+from export import layout, saved_model
 from tests import fixtures_export
 from tests.fixtures_data import make_wikipedia_fixture
 from training import checkpoint, fit
@@ -236,7 +236,7 @@ def test_sigkill_during_export_then_rerun_removes_the_staging_folder(tmp_path_fa
         process.kill()
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    assert not saved_model.existing_versions(str(serving / "chtn_image"))  # nothing half-published
+    assert not layout.existing_versions(str(serving / "chtn_image"))  # nothing half-published
 
     written = saved_model.export_run(run, str(serving))
     assert written["version"] == 1
