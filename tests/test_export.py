@@ -221,15 +221,6 @@ def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, im
     assert "agree within" in capsys.readouterr().out
 
 
-def test_verify_map_matches_a_hand_computation():
-    # Query 0 (label 0) ranks the gallery [g0 (0), g2 (1), g1 (0)]: AP = (1/1 + 2/3) / 2.
-    # Query 1 (label 1) ranks [g2 (1), g0, g1]: AP = 1.
-    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    queries = np.array([[1.0, 0.2], [1.0, 1.1]])
-    got = verify.map_at_all(queries, np.array([0, 1]), gallery, np.array([0, 0, 1]))
-    assert got == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
-
-
 def _stored_tensors(version_dir):
     reader = tf.train.load_checkpoint(os.path.join(version_dir, "variables", "variables"))
     return [reader.get_tensor(name) for name in reader.get_variable_to_shape_map()

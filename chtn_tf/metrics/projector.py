@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from chtn_tf.atomic import atomic_dir
+from chtn_tf.metrics.retrieval import l2_normalize
 from chtn_tf.metrics.thumbnails import thumbnail
 
 TENSOR_FILE = "embeddings.tsv"
@@ -118,7 +119,7 @@ def write_projector(log_dir: str, *, image_codes, text_codes, labels, class_name
     if n > max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(n, size=max_pairs, replace=False))
     codes = np.concatenate([image_codes[keep], text_codes[keep]])
-    codes = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+    codes = l2_normalize(codes)
 
     with atomic_dir(log_dir) as tmp:
         np.savetxt(os.path.join(tmp, TENSOR_FILE), codes, fmt="%.6g", delimiter="\t")
