@@ -13,6 +13,7 @@ import unicodedata
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from chtn_tf.atomic import write_json_atomic
 from chtn_tf.model.config import ModelConfig
@@ -54,6 +55,23 @@ def build_text_vectorizer(config: ModelConfig, train_texts, *, name: str = "text
     )
     layer.adapt(np.asarray(list(train_texts), dtype=object), batch_size=256)
     return layer
+
+
+def vectorize_texts(layer: keras.layers.TextVectorization, texts, *, batch_size: int = 1024) -> tf.SparseTensor:
+    """The vectoriser's bag-of-words rows of ``texts``, as one sparse ``[len(texts), vocabulary size]`` matrix.
+
+    A run's texts are vectorised once, with this, and its training batches gather their rows (see
+    :func:`chtn_tf.data.pipeline.target_batches`): the vectoriser's string ops stay out of the training step.
+    Each row is what ``layer`` gives the raw text in the exported encoder; the matrix keeps only its
+    non-zero entries (a few percent of a 10,000-term vocabulary).
+    """
+    texts = list(texts)
+    width = int(layer.vocabulary_size())
+    chunks = [tf.sparse.from_dense(layer(tf.constant(texts[i:i + batch_size], dtype=tf.string)))
+              for i in range(0, len(texts), batch_size)]
+    if not chunks:
+        return tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], tf.float32), [0, width])
+    return tf.sparse.concat(0, chunks) if len(chunks) > 1 else chunks[0]
 
 
 def save_text_vectorizer(layer: keras.layers.TextVectorization, path: str) -> None:
