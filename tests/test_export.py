@@ -14,17 +14,6 @@ import tensorflow as tf
 
 from chtn_tf.model.persist import load_trained_model
 from export import layout, saved_model, verify
-from tests import fixtures_export
-
-
-@pytest.fixture(scope="module")
-def feature_run(tmp_path_factory):
-    return fixtures_export.feature_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    return fixtures_export.image_run(tmp_path_factory)
 
 
 def test_features_export_reproduces_the_live_model(feature_run):

@@ -20,7 +20,6 @@ from chtn_tf.atomic import folder_lock
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import build_model_from_run, encoder_variables, optimizer_variables
 from export import layout, saved_model
-from tests import fixtures_export
 from tests.fixtures_data import make_wikipedia_fixture
 from training import checkpoint, fit
 
@@ -219,8 +218,8 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(setup, tmp_path):
         checkpoint.RunCheckpoints(str(run), model, writer=False).restore_last()
 
 
-def test_sigkill_during_export_then_rerun_removes_the_staging_folder(tmp_path_factory, tmp_path):
-    run = fixtures_export.feature_run(tmp_path_factory)["run"]
+def test_sigkill_during_export_then_rerun_removes_the_staging_folder(feature_run, tmp_path):
+    run = feature_run["run"]
     serving = tmp_path / "serving"
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen([sys.executable, "-m", "export.saved_model", "--run", run, "--out", str(serving)],
