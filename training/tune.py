@@ -201,23 +201,19 @@ def check_resumable(out: str, settings: dict, *, record: bool = True) -> None:
     ``record=False`` (a distributed-search worker): only compares, with the chief's record when it exists.
     """
     path = os.path.join(out, SETTINGS)
-    if not record:
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            if previous != json.loads(json.dumps(settings)):
-                changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
-                raise ValueError(f"this worker's search differs from the chief's in {out} ({', '.join(changed)}; see "
-                                 f"{path}): run the same command, with the same data and flags, on every process")
-        return
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
         # JSON has no tuples: compare both as JSON.
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
+        changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
+        if changed and record:
             raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)} differ; see {path}); "
                              f"re-run with the same --tuner/--epochs/config to continue it, or use a new --out")
+        if changed:
+            raise ValueError(f"this worker's search differs from the chief's in {out} ({', '.join(changed)}; see "
+                             f"{path}): run the same command, with the same data and flags, on every process")
+    elif not record:
+        return
     elif os.path.exists(os.path.join(out, PROJECT, "oracle.json")):
         # (An oracle-less project folder is fine: distributed-search workers create it while the chief starts.)
         raise ValueError(f"{out}/{PROJECT} holds a search but {path} does not exist: not a search made by "

@@ -277,11 +277,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        root = download_pascal(args.data_dir, base_url=args.url)
+        print(f"Pascal Sentences is in {download_pascal(args.data_dir, base_url=args.url)}")
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"Pascal Sentences is in {root}")
     return 0
 
 
