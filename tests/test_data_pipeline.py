@@ -7,7 +7,7 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from chtn_tf.data.pipeline import batches_per_epoch, decode_image, target_batches  # noqa: E402
+from chtn_tf.data.pipeline import batches_per_epoch, decode_image, image_dataset, target_batches  # noqa: E402
 from tests.fixtures_data import write_image  # noqa: E402
 
 
@@ -36,6 +36,17 @@ def test_decode_jpeg_matches_pillow(tmp_path):
     small = decode_image(tf.io.read_file(str(path)), 16).numpy()
     assert small.shape == (16, 16, 3) and 0.0 <= small.min() and small.max() <= 1.0
     np.testing.assert_allclose(small.mean(), reference.mean(), atol=0.02)
+
+
+def test_image_dataset_keeps_order_and_labels(tmp_path):
+    colors = [(k * 20, 255 - k * 20, 0) for k in range(7)]
+    paths = [write_image(tmp_path / f"{k}.png", size=6, color=c) for k, c in enumerate(colors)]
+    batches = list(image_dataset(paths, image_size=4, batch_size=3, labels=list(range(7))))
+    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
+    images = np.concatenate([b[0].numpy() for b in batches])
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    np.testing.assert_allclose(images[:, 0, 0], np.asarray(colors) / 255.0, atol=1e-6)
+    assert labels.tolist() == list(range(7))
 
 
 def _numbered(n, m):

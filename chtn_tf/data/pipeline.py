@@ -1,7 +1,7 @@
 """Input pipelines: images decoded and resized in the graph; the tf.data batches a run trains on.
 
 :func:`decode_image` is the one decode + resize of an image (feature extraction, cached views and the
-exported image encoder all use it). :func:`target_batches` deals a run's prepared arrays (image features,
+exported image encoder all use it); :func:`image_dataset` decodes files in order. :func:`target_batches` deals a run's prepared arrays (image features,
 bag-of-words rows, labels; the source domain's images) into the batches ``CHTNModel`` trains on; the order
 of epoch ``e`` depends only on the seed and ``e``.
 """
@@ -43,6 +43,26 @@ def resize_image(image: tf.Tensor, image_size: Union[int, Sequence[int]] = 224) 
 def load_image(path: tf.Tensor, image_size: Union[int, Sequence[int]] = 224) -> tf.Tensor:
     """Reads and decodes one image file (see :func:`decode_image`)."""
     return decode_image(tf.io.read_file(path), image_size)
+
+
+def image_dataset(paths: Sequence[str], *, image_size: Union[int, Sequence[int]] = 224, batch_size: int = 32,
+                  labels: Optional[Sequence[int]] = None) -> tf.data.Dataset:
+    """Batches of decoded images, in the order of ``paths``: ``images`` or ``(images, labels)``.
+
+    Args:
+        paths: image file paths.
+        image_size: output side (int) or ``(height, width)``.
+        batch_size: images per batch (the last batch may be smaller).
+        labels: int labels aligned with ``paths``, or None.
+    """
+    paths = tf.constant([str(p) for p in paths], dtype=tf.string)
+    if labels is None:
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+        ds = ds.map(lambda p: load_image(p, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
+        ds = ds.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 # ---------------------------------------------------------------- training batches
