@@ -1,9 +1,9 @@
 """Input pipelines: images decoded and resized in the graph; the tf.data batches a run trains on.
 
 :func:`decode_image` is the one decode + resize of an image (feature extraction, cached views and the
-exported image encoder all use it); :func:`image_dataset` decodes files in order. :func:`target_batches` deals a run's prepared arrays (image features,
-bag-of-words rows, labels; the source domain's images) into the batches ``CHTNModel`` trains on; the order
-of epoch ``e`` depends only on the seed and ``e``.
+exported image encoder all use it); :func:`image_dataset` decodes files in order. :func:`target_batches`
+deals a run's prepared arrays (image features, bag-of-words rows, labels; the source domain's images) into
+the batches ``CHTNModel`` trains on; the order of epoch ``e`` depends only on the seed and ``e``.
 """
 
 from __future__ import annotations
