@@ -188,6 +188,7 @@ def test_map_range_under_near_ties_by_hand():
 
 def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, image_run, capsys):
     from chtn_tf.data import load_dataset
+    from chtn_tf.model.config import ExperimentConfig
     from export.local import ExportedEncoders
 
     for run in (feature_run, image_run):
@@ -195,9 +196,10 @@ def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, im
         results = json.loads(open(os.path.join(run["run"], "results.json")).read())
         assert result["ok"] and result["n_test"] == results["n_test"]
         # The run's MAP (Keras codes) is one the SavedModels' codes give, up to near-tied scores.
-        config = json.loads(open(os.path.join(run["run"], "config.json")).read())["data"]
-        test = load_dataset(config["dataset"], manifest=config["manifest"],
-                            data_dir=run.get("data_dir")).splits["test"]
+        config = ExperimentConfig.from_json(os.path.join(run["run"], "config.json"))
+        test = load_dataset(config.data.dataset, manifest=config.data.manifest, data_dir=run.get("data_dir"),
+                            seed=config.train.seed, allow_leak=config.data.allow_leak,
+                            **config.data.options).splits["test"]
         encoders = ExportedEncoders.from_serving_dir(run["serving"])
         image_codes = (encoders.embed_features(test.image_features) if encoders.image_input == "features"
                        else encoders.embed_image_files(test.image_paths))

@@ -115,6 +115,11 @@ def test_query_misuse_is_refused_with_exit_code_2(wiki_index, tmp_path, capsys):
     assert "-k must be at least 1" in capsys.readouterr().err
     assert retrieval_index.main(["query", "--index", wiki_index, "--image", str(tmp_path / "no.jpg")]) == 2
     assert "no.jpg: no such file" in capsys.readouterr().err
+    assert retrieval_index.main(["query", "--index", wiki_index, "--text", "x", "--approximate", "--nprobe", "0"]) == 2
+    assert "--nprobe must be at least 1, got 0" in capsys.readouterr().err
+    assert retrieval_index.main(["build", "--serving", "nowhere", "--dataset", "wikipedia", "--cells", "0",
+                                 "--out", str(tmp_path / "i")]) == 2
+    assert "--cells must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_build_reads_the_runs_own_split(feature_run, tmp_path, capsys):
@@ -220,20 +225,33 @@ def test_shards_searched_as_one_index(tmp_path):
         files = retrieval_index.write_shards(gallery, kind, str(tmp_path), kind, shard_size=1000, cells=64)
         assert files == [f"{kind}.{kind}.{i}.faiss" for i in range(3)]
         index = retrieval_index.open_index([str(tmp_path / f) for f in files], kind)
-        assert isinstance(index, faiss.IndexShards) and index.ntotal == 3000
+        assert isinstance(index, faiss.IndexShardsIVF if kind == "ivf" else faiss.IndexShards)
+        assert index.ntotal == 3000
         retrieval_index.set_search_parameters(index, **parameters)
         scores, ids = index.search(queries, 10)
         for q in range(len(queries)):  # shard i's rows come after shard i-1's: ids are gallery rows
             assert_valid_top_k(ids[q], scores[q], reference[q], 10)
-    # IVF shards share one coarse quantizer, and nprobe reaches every shard.
-    index = retrieval_index.open_index([str(tmp_path / f"ivf.ivf.{i}.faiss") for i in range(3)], "ivf")
+    # IVF shards share one coarse quantizer, and nprobe reaches every shard: the shards answer as one IVF
+    # index holding all rows in those cells does.
+    paths = [str(tmp_path / f"ivf.ivf.{i}.faiss") for i in range(3)]
+    index = retrieval_index.open_index(paths, "ivf")
     retrieval_index.set_search_parameters(index, nprobe=5)
     shards = [faiss.extract_index_ivf(index.at(i)) for i in range(3)]
     assert [s.nprobe for s in shards] == [5, 5, 5] and [s.nlist for s in shards] == [64] * 3
-    centroids = [s.quantizer.reconstruct_n(0, 64) for s in shards]
-    assert np.array_equal(centroids[0], centroids[1]) and np.array_equal(centroids[0], centroids[2])
-    with pytest.raises(ValueError, match="nprobe must be at least 1"):
+    whole = retrieval_index.open_index(paths[:1], "ivf", mmap=False)  # shard 0's cells, emptied
+    whole.reset()
+    whole.add(gallery)
+    whole.nprobe = 5
+    scores, ids = index.search(queries, 10)
+    whole_scores, whole_ids = whole.search(queries, 10)
+    np.testing.assert_allclose(scores, whole_scores, atol=TOLERANCE, rtol=0)
+    assert retrieval_index.recall_at_k(ids, whole_ids) > 0.99  # same items (up to the order of exact ties)
+    with pytest.raises(ValueError, match="--nprobe must be at least 1"):
         retrieval_index.set_search_parameters(index, nprobe=0)
+    # A shard of another build (other cells) is refused.
+    retrieval_index.write_shards(gallery[:100], "ivf", str(tmp_path), "other", cells=8)
+    with pytest.raises(ValueError, match="must be written together"):
+        retrieval_index.open_index(paths[:1] + [str(tmp_path / "other.ivf.0.faiss")], "ivf")
 
 
 def test_approximate_recall_against_exact_search(tmp_path):
