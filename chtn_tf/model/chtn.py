@@ -1,9 +1,10 @@
 """The Cross-modal Hybrid Transfer Network as a Keras 3 model with the hybrid objective in ``train_step``.
 
 Image inputs are feature vectors: backbone features of raw images (computed once and cached while the
-backbone is frozen) or precomputed features such as Wikipedia's SIFT. Text inputs are raw strings,
-vectorised in the graph. :meth:`CHTNModel.image_encoder` and :meth:`CHTNModel.text_encoder` are functional
-models that map one modality to the common representation; they share the trained layers.
+backbone is frozen) or precomputed features such as Wikipedia's SIFT. Text inputs are the vectoriser's
+bag-of-words rows in training (a run vectorises its texts once) and raw strings in the text encoder, which
+vectorises them in the graph. :meth:`CHTNModel.image_encoder` and :meth:`CHTNModel.text_encoder` are
+functional models that map one modality to the common representation; they share the trained layers.
 """
 
 from __future__ import annotations
