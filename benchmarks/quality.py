@@ -23,7 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from chtn_tf import baselines  # noqa: E402
+from benchmarks import baselines  # noqa: E402
 from benchmarks.report import command_line, machine, update_results_md  # noqa: E402
 from chtn_tf.atomic import atomic_path, write_json_atomic  # noqa: E402
 from chtn_tf.metrics.retrieval import evaluate_retrieval  # noqa: E402
@@ -58,7 +58,7 @@ def run_baselines(inputs) -> tuple[dict, dict]:
     dataset = inputs.dataset
     train, test = dataset.splits["train"], dataset.splits["test"]
     analyzer = "char" if sum(is_cjk_text(t) for t in train.texts[:200]) > 100 else "word"
-    train_txt, test_txt = baselines.text_tfidf(train.texts, test.texts, analyzer=analyzer)
+    train_txt, test_txt = baselines.text_features_tfidf(train.texts, test.texts, analyzer=analyzer)
     train_img, test_img = inputs.features["train"], inputs.features["test"]
     out = {}
     img_codes, txt_codes = baselines.semantic_matching(train_img, train_txt, train.labels, test_img, test_txt)

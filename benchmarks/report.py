@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from chtn_tf.atomic import atomic_path
+from chtn_tf.atomic import write_text_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
@@ -54,9 +54,7 @@ def update_results_md(section: str, body: str, path: str = RESULTS_MD) -> None:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    write_text_atomic(path, text)
 
 
 def backbones_section(results: dict) -> str:

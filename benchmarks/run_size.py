@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks.report import command_line, machine, update_results_md  # noqa: E402
+from export.layout import IMAGE_MODEL, TEXT_MODEL  # noqa: E402
 
 RESULTS_JSON = os.path.join(HERE, "results", "run_size.json")
 MB = 1e6
@@ -94,8 +95,9 @@ def measure(name: str, fit_argv: list, work: str) -> dict:
         results = json.load(f)
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    parts = {part: folder_bytes(os.path.join(run_dir, part))
-             for part in ("checkpoints/best", "checkpoints/last", "logs")}
+    from training.checkpoint import BEST_DIR, LAST_DIR
+
+    parts = {part: folder_bytes(os.path.join(run_dir, part)) for part in (BEST_DIR, LAST_DIR, "logs")}
     total = folder_bytes(run_dir)
     parts["other files"] = total - sum(parts.values())
     variables = variable_bytes(run_dir)
@@ -105,7 +107,7 @@ def measure(name: str, fit_argv: list, work: str) -> dict:
         "widths": [config["model"]["branch_widths"], config["model"]["shared_widths"]],
         "vocabulary": config["model"]["text_vocab_size"], "optimizer": config["optimizer"]["name"],
         "source": results["source"], "run_bytes": total, "run_parts": parts,
-        "export_bytes": {m: folder_bytes(os.path.join(serving, m)) for m in ("chtn_image", "chtn_text")},
+        "export_bytes": {m: folder_bytes(os.path.join(serving, m)) for m in (IMAGE_MODEL, TEXT_MODEL)},
         "variable_bytes": variables,
         # Earlier layout: best.weights.h5 and checkpoints/last/model.weights.h5 each held every model variable
         # and the optimiser state; checkpoints/last/optimizer.npz held the optimiser state once more.

@@ -12,6 +12,12 @@ import tempfile
 LOCK_FILE = ".lock"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class FolderBusy(RuntimeError):
     """Another process holds the folder's lock."""
 
@@ -28,22 +34,23 @@ def atomic_path(path: str, *, suffix: str = ""):
     os.close(fd)
     try:
         yield tmp
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would have
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_json_atomic(path: str, value) -> None:
-    """Writes ``value`` as indented JSON, atomically."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes ``text`` (UTF-8), atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
+
+
+def write_json_atomic(path: str, value) -> None:
+    """Writes ``value`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def replace_dir_atomic(tmp_dir: str, final_dir: str) -> None:
@@ -55,6 +62,33 @@ def replace_dir_atomic(tmp_dir: str, final_dir: str) -> None:
     os.replace(tmp_dir, final_dir)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, *, replace: bool = True):
+    """Yields a new temporary folder beside ``path``; when the block succeeds the folder becomes ``path``.
+
+    Args:
+        path: the folder to write.
+        replace: replace an existing ``path`` (:func:`replace_dir_atomic`). When False, a ``path`` that exists
+            (another process wrote it meanwhile) is kept and this copy is discarded.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the mode mkdir() would have
+        if replace:
+            replace_dir_atomic(tmp, path)
+        elif not os.path.exists(path):
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process moved its copy in first
+                if not os.path.isdir(path):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

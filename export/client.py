@@ -20,8 +20,7 @@ import urllib.request
 
 import numpy as np
 
-IMAGE_MODEL = "chtn_image"
-TEXT_MODEL = "chtn_text"
+from export.layout import IMAGE_MODEL, TEXT_MODEL
 
 
 class ServingError(RuntimeError):

@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import faiss
 import numpy as np
+
+from chtn_tf.atomic import atomic_dir
+from chtn_tf.metrics.retrieval import l2_normalize
 
 INDEX_FILE = "index.json"
 APPROXIMATE_KINDS = ("ivf", "hnsw")
@@ -49,8 +50,7 @@ _MMAP_FLAGS = {"exact": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP, "hnsw
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), as C-contiguous float32 (what FAISS takes)."""
-    x = np.asarray(x, np.float32)
-    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    return np.ascontiguousarray(l2_normalize(x, dtype=np.float32))
 
 
 def default_cells(n: int) -> int:
@@ -211,7 +211,7 @@ def read_gallery(split: str, *, run: str | None = None, dataset: str | None = No
     are the run's;
     otherwise ``dataset`` / ``manifest`` is read with the reader's defaults (seed 0).
     """
-    from chtn_tf.data import load_dataset
+    from chtn_tf.data import load_dataset, read_dataset
 
     if run is not None:
         from chtn_tf.model.config import ExperimentConfig
@@ -219,11 +219,7 @@ def read_gallery(split: str, *, run: str | None = None, dataset: str | None = No
         path = os.path.join(run, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{run} has no config.json: --run takes a training.fit run folder")
-        config = ExperimentConfig.from_json(path)
-        data = load_dataset(config.data.dataset, manifest=config.data.manifest,
-                            data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
-                            val_fraction=config.data.val_fraction, allow_leak=config.data.allow_leak,
-                            **config.data.options)
+        data = read_dataset(ExperimentConfig.from_json(path), data_dir=data_dir)
     else:
         data = load_dataset(dataset, manifest=manifest, data_dir=data_dir)
     names = [name for name in ("train", "val", "test") if name in data.splits] if split == "all" else [split]
@@ -272,10 +268,7 @@ def build(serving: str, out: str, *, run=None, dataset=None, manifest=None, data
         image_codes = encoders.embed_image_files(paths)
     codes = {"images": normalise(image_codes), "texts": normalise(encoders.embed_texts(texts))}
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out)}-", dir=parent)
-    try:
+    with atomic_dir(out) as tmp:
         files, recall = {}, {}
         for name, other in (("images", "texts"), ("texts", "images")):
             files[name] = {"exact": write_shards(codes[name], "exact", tmp, name, shard_size=shard_size),
@@ -295,11 +288,6 @@ def build(serving: str, out: str, *, run=None, dataset=None, manifest=None, data
                                 "recall_at_10": recall}}
         with open(os.path.join(tmp, INDEX_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
-        from chtn_tf.atomic import replace_dir_atomic
-
-        replace_dir_atomic(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"n": len(ids), "dim": meta["dim"], "recall_at_10": recall, "dropped": dropped,
             "versions": (encoders.image_dir, encoders.text_dir)}
 

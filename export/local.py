@@ -5,28 +5,10 @@ Used by :mod:`export.index` and :mod:`export.verify`: both must see exactly what
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from export.saved_model import IMAGE_MODEL, TEXT_MODEL, existing_versions
-
-
-def version_dirs(serving_dir: str, version: int | None = None) -> tuple:
-    """``(image version folder, text version folder)``: ``version`` of both, or the highest of each."""
-    dirs = []
-    for name in (IMAGE_MODEL, TEXT_MODEL):
-        folder = os.path.join(serving_dir, name)
-        versions = existing_versions(folder)
-        if not versions:
-            raise FileNotFoundError(f"no SavedModel version under {folder}; run python -m export.saved_model "
-                                    f"--run RUN --out {serving_dir} first")
-        chosen = versions[-1] if version is None else int(version)
-        if chosen not in versions:
-            raise FileNotFoundError(f"{folder} has no version {chosen} (versions: {versions})")
-        dirs.append(os.path.join(folder, str(chosen)))
-    return tuple(dirs)
+from export.layout import version_dirs
 
 
 class ExportedEncoders:

@@ -35,12 +35,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chtn_tf.atomic import FolderBusy, atomic_path, folder_lock
+from chtn_tf.atomic import FolderBusy, folder_lock, write_text_atomic
 from chtn_tf.data.pipeline import decode_image
 from chtn_tf.model.persist import load_trained_model
+from export.layout import IMAGE_MODEL, TEXT_MODEL, next_version
 
-IMAGE_MODEL = "chtn_image"
-TEXT_MODEL = "chtn_text"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
@@ -198,29 +197,6 @@ def publish_versions(staged: dict, version: int) -> dict:
     return published
 
 
-def existing_versions(model_dir: str) -> list:
-    """Sorted integer versions in a TF Serving model folder (other entries, e.g. temporary ones, ignored)."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(v) for v in os.listdir(model_dir)
-                  if v.isdigit() and os.path.isfile(os.path.join(model_dir, v, "saved_model.pb")))
-
-
-def latest_version_dir(model_dir: str) -> str:
-    """The highest version folder of a TF Serving model folder (what the server serves by default)."""
-    versions = existing_versions(model_dir)
-    if not versions:
-        raise FileNotFoundError(f"no SavedModel version under {model_dir}; run python -m export.saved_model first")
-    return os.path.join(model_dir, str(versions[-1]))
-
-
-def next_version(serving_dir: str) -> int:
-    """One more than the highest version in either model folder (1 for a new folder)."""
-    folders = [os.path.join(serving_dir, name) for name in (IMAGE_MODEL, TEXT_MODEL)]
-    taken = [v for folder in folders if os.path.isdir(folder) for v in os.listdir(folder) if v.isdigit()]
-    return max([0] + [int(v) for v in taken]) + 1
-
-
 def write_models_config(serving_dir: str, *, base_path: str | None = None) -> str:
     """``models.config`` naming both models; base paths are absolute (under ``base_path`` if given).
 
@@ -231,9 +207,7 @@ def write_models_config(serving_dir: str, *, base_path: str | None = None) -> st
     entries = "".join(f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
                       f'    model_platform: "tensorflow"\n  }}\n' for name in (IMAGE_MODEL, TEXT_MODEL))
     path = os.path.join(serving_dir, "models.config")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"model_config_list {{\n{entries}}}\n")
+    write_text_atomic(path, f"model_config_list {{\n{entries}}}\n")
     return path
 
 

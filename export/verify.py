@@ -4,8 +4,9 @@
 
 Loads both encoders with plain ``tf.saved_model.load`` (no chtn model code), feeds the raw JPEG/PNG bytes
 (or, for a precomputed-features run, the feature vectors) and the raw texts of the run's test split,
-computes MAP@all with its own small implementation, and compares with the run's ``results.json``. Exit
-status 0 when both directions agree within ``--tolerance`` (0.005), 1 when they do not, 2 on bad input.
+computes MAP@all (:func:`chtn_tf.metrics.retrieval.mean_average_precision`, the metric the run was scored
+with), and compares with the run's ``results.json``. Exit status 0 when both directions agree within
+``--tolerance`` (0.005), 1 when they do not, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -15,32 +16,12 @@ import json
 import os
 import sys
 
-import numpy as np
-
-
-def map_at_all(queries, query_labels, gallery, gallery_labels) -> float:
-    """MAP@all by cosine, relevant = same label (an independent implementation, one query at a time).
-
-    AP = mean over the relevant items of (relevant items ranked at or above it) / (its rank); a query
-    without relevant items scores 0; ties keep gallery order.
-    """
-    q = np.asarray(queries, np.float64)
-    g = np.asarray(gallery, np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    gallery_labels = np.asarray(gallery_labels)
-    aps = []
-    for i in range(len(q)):
-        order = np.argsort(-(g @ q[i]), kind="stable")
-        ranks = np.flatnonzero(gallery_labels[order] == query_labels[i]) + 1
-        aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)) if len(ranks) else 0.0)
-    return float(np.mean(aps))
-
 
 def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_dir: str | None = None,
            tolerance: float = 0.005) -> dict:
     """``{"map_i2t", "map_t2i", "run_map_i2t", "run_map_t2i", "n_test", "run_n_test", "ok", ...}``."""
-    from chtn_tf.data import load_dataset
+    from chtn_tf.data import read_dataset
+    from chtn_tf.metrics.retrieval import mean_average_precision
     from chtn_tf.model.config import ExperimentConfig
     from export.local import ExportedEncoders
 
@@ -50,11 +31,7 @@ def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_d
     config = ExperimentConfig.from_json(os.path.join(run_dir, "config.json"))
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
-    # The same call training.fit makes, so the test split is the run's.
-    data = load_dataset(config.data.dataset, manifest=config.data.manifest,
-                        data_dir=data_dir or config.data.data_dir, seed=config.train.seed,
-                        val_fraction=config.data.val_fraction, allow_leak=config.data.allow_leak,
-                        **config.data.options)
+    data = read_dataset(config, data_dir=data_dir)  # as training.fit read it: the test split is the run's
     test = data.splits["test"]
     encoders = ExportedEncoders.from_serving_dir(serving_dir, version)
     if encoders.image_input == "image_bytes":
@@ -64,8 +41,8 @@ def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_d
     else:
         image_codes = encoders.embed_features(test.image_features)
     text_codes = encoders.embed_texts(test.texts)
-    i2t = map_at_all(image_codes, test.labels, text_codes, test.labels)
-    t2i = map_at_all(text_codes, test.labels, image_codes, test.labels)
+    i2t = mean_average_precision(image_codes, test.labels, text_codes, test.labels)
+    t2i = mean_average_precision(text_codes, test.labels, image_codes, test.labels)
     ok = (abs(i2t - results["map_i2t"]) <= tolerance and abs(t2i - results["map_t2i"]) <= tolerance
           and len(test) == results.get("n_test", len(test)))
     return {"map_i2t": i2t, "map_t2i": t2i, "run_map_i2t": results["map_i2t"], "run_map_t2i": results["map_t2i"],

@@ -1,8 +1,10 @@
-"""Small trained runs and their exports, built once per test session and shared by the export tests.
+"""Builders of small trained runs and their exports, and of the tiny TF-Hub backbone they use.
 
-``feature_run`` trains on a Wikipedia-layout fixture (precomputed image features); ``image_run`` trains
-on a CSV manifest of coloured JPEG/PNG images with a tiny TF-Hub-format backbone. Each is exported once
-as version 1 of its own serving folder; tests that add versions export into folders of their own.
+:func:`build_feature_run` trains on a Wikipedia-layout fixture (precomputed image features);
+:func:`build_image_run` trains on a CSV manifest of coloured JPEG/PNG images with a tiny TF-Hub-format
+backbone. Each is exported as version 1 of its own serving folder. ``tests/conftest.py`` builds each once
+per test session (the ``feature_run`` and ``image_run`` fixtures); tests that add versions export into
+folders of their own.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ import os
 from unittest import mock
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 from chtn_tf.model.config import ExperimentConfig
 from export.saved_model import export_run
-from tests.test_backbones import write_tiny_hub_module
 from tests.fixtures_data import make_wikipedia_fixture
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 WORDS = {"red": "fire tomato apple", "green": "grass forest leaf", "blue": "sea sky water"}
-_BUILT = {}
 
 
 def small_config(path) -> str:
@@ -54,34 +55,53 @@ def make_manifest(folder, per_class: int = 8) -> str:
     return str(folder / "pairs.csv")
 
 
-def feature_run(tmp_path_factory) -> dict:
-    """``{"root", "run", "serving", "data_dir", "written"}`` of the precomputed-features run (built once)."""
-    if "features" not in _BUILT:
-        from training import fit
+def build_feature_run(root) -> dict:
+    """``{"root", "run", "serving", "data_dir", "written"}`` of a precomputed-features run trained in ``root``."""
+    from training import fit
 
-        root = tmp_path_factory.mktemp("export_features")
-        make_wikipedia_fixture(root / "data")
-        assert fit.main(["--dataset", "wikipedia", "--data-dir", str(root / "data"), "--config",
+    make_wikipedia_fixture(root / "data")
+    assert fit.main(["--dataset", "wikipedia", "--data-dir", str(root / "data"), "--config",
+                     small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2", "--quiet"]) == 0
+    written = export_run(str(root / "run"), str(root / "serving"))
+    return {"root": root, "run": str(root / "run"), "serving": str(root / "serving"), "data_dir": str(root / "data"),
+            "written": written}
+
+
+def build_image_run(root) -> dict:
+    """``{"root", "run", "serving", "manifest", "backbone", "written"}`` of an image-backbone run trained in ``root``."""
+    from training import fit
+
+    backbone = write_tiny_hub_module(root / "tiny_backbone")
+    manifest = make_manifest(root / "data")
+    with mock.patch.dict(os.environ, {"CHTN_CACHE_DIR": str(root / "cache")}):
+        assert fit.main(["--manifest", manifest, "--backbone", backbone, "--source", "none", "--config",
                          small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2", "--quiet"]) == 0
-        written = export_run(str(root / "run"), str(root / "serving"))
-        _BUILT["features"] = {"root": root, "run": str(root / "run"), "serving": str(root / "serving"),
-                              "data_dir": str(root / "data"), "written": written}
-    return _BUILT["features"]
+    written = export_run(str(root / "run"), str(root / "serving"))
+    return {"root": root, "run": str(root / "run"), "serving": str(root / "serving"), "manifest": manifest,
+            "backbone": backbone, "written": written}
 
 
-def image_run(tmp_path_factory) -> dict:
-    """``{"root", "run", "serving", "manifest", "backbone", "written"}`` of the image-backbone run (built once)."""
-    if "images" not in _BUILT:
-        from training import fit
+def write_tiny_hub_module(path):
+    """A tiny TF-Hub reusable-format module: conv (trainable) + a moving mean (not trainable) + pooling."""
+    kernel = tf.Variable(tf.random.stateless_normal([3, 3, 3, 4], seed=[1, 2]), name="conv/kernel")
+    scale = tf.Variable(tf.ones([4]), name="conv/scale")
+    moving_mean = tf.Variable(tf.zeros([4]), trainable=False, name="bn/moving_mean")
 
-        root = tmp_path_factory.mktemp("export_images")
-        backbone = write_tiny_hub_module(root / "tiny_backbone")
-        manifest = make_manifest(root / "data")
-        with mock.patch.dict(os.environ, {"CHTN_CACHE_DIR": str(root / "cache")}):
-            assert fit.main(["--manifest", manifest, "--backbone", backbone, "--source", "none", "--config",
-                             small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2",
-                             "--quiet"]) == 0
-        written = export_run(str(root / "run"), str(root / "serving"))
-        _BUILT["images"] = {"root": root, "run": str(root / "run"), "serving": str(root / "serving"),
-                            "manifest": manifest, "backbone": backbone, "written": written}
-    return _BUILT["images"]
+    def forward(images, training=False):
+        x = tf.nn.conv2d(images, kernel, 2, "SAME") * scale
+        if training:
+            mean = tf.reduce_mean(x, axis=[0, 1, 2])
+            moving_mean.assign(0.9 * moving_mean + 0.1 * mean)
+        else:
+            mean = moving_mean
+        return tf.reduce_mean(tf.nn.relu(x - mean), axis=[1, 2])
+
+    module = tf.__internal__.tracking.AutoTrackable()
+    module.variables = [kernel, scale, moving_mean]
+    module.trainable_variables = [kernel, scale]
+    call = tf.function(forward)
+    for training in (False, True):
+        call.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32), training=training)
+    module.__call__ = call
+    tf.saved_model.save(module, str(path))
+    return str(path)

@@ -11,32 +11,7 @@ from PIL import Image
 from chtn_tf.backbones import BackboneSpec, HubImageLayer, extract_features, resolve_backbone
 from chtn_tf.backbones.efficientnet_lite import block_configs, efficientnet_lite, load_weights, weights_file
 from chtn_tf.backbones.torch_weights import load_state_dict
-
-
-def write_tiny_hub_module(path):
-    """A tiny TF-Hub reusable-format module: conv (trainable) + a moving mean (not trainable) + pooling."""
-    kernel = tf.Variable(tf.random.stateless_normal([3, 3, 3, 4], seed=[1, 2]), name="conv/kernel")
-    scale = tf.Variable(tf.ones([4]), name="conv/scale")
-    moving_mean = tf.Variable(tf.zeros([4]), trainable=False, name="bn/moving_mean")
-
-    def forward(images, training=False):
-        x = tf.nn.conv2d(images, kernel, 2, "SAME") * scale
-        if training:
-            mean = tf.reduce_mean(x, axis=[0, 1, 2])
-            moving_mean.assign(0.9 * moving_mean + 0.1 * mean)
-        else:
-            mean = moving_mean
-        return tf.reduce_mean(tf.nn.relu(x - mean), axis=[1, 2])
-
-    module = tf.__internal__.tracking.AutoTrackable()
-    module.variables = [kernel, scale, moving_mean]
-    module.trainable_variables = [kernel, scale]
-    call = tf.function(forward)
-    for training in (False, True):
-        call.get_concrete_function(tf.TensorSpec([None, None, None, 3], tf.float32), training=training)
-    module.__call__ = call
-    tf.saved_model.save(module, str(path))
-    return str(path)
+from tests.fixtures_export import write_tiny_hub_module
 
 
 @pytest.fixture(scope="module")

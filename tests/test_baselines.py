@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from chtn_tf.baselines import cca_codes, fit_cca, semantic_matching, text_features_tfidf, tune_cca
+from benchmarks.baselines import cca_codes, fit_cca, semantic_matching, text_features_tfidf, tune_cca
 from chtn_tf.metrics.retrieval import mean_average_precision
 
 

@@ -20,7 +20,6 @@ import pytest
 import tensorflow as tf
 
 from export import client as serving_client
-from tests import fixtures_export
 
 
 class ServingBackend:
@@ -129,16 +128,6 @@ def start_rest(backend):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"127.0.0.1:{server.server_port}"
-
-
-@pytest.fixture(scope="module")
-def feature_run(tmp_path_factory):
-    return fixtures_export.feature_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    return fixtures_export.image_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -170,13 +170,6 @@ def test_misaligned_inputs_are_a_clear_error():
         Item("audio", "a")
 
 
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    from tests import fixtures_export
-
-    return fixtures_export.image_run(tmp_path_factory)
-
-
 def test_index_query_writes_the_page_of_its_matches(image_run, tmp_path, capsys):
     import csv
 

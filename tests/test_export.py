@@ -13,18 +13,7 @@ import pytest
 import tensorflow as tf
 
 from chtn_tf.model.persist import load_trained_model
-from export import saved_model, verify
-from tests import fixtures_export
-
-
-@pytest.fixture(scope="module")
-def feature_run(tmp_path_factory):
-    return fixtures_export.feature_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    return fixtures_export.image_run(tmp_path_factory)
+from export import layout, saved_model, verify
 
 
 def test_features_export_reproduces_the_live_model(feature_run):
@@ -125,7 +114,7 @@ def test_versions_are_added_atomically_and_never_overwritten(feature_run, tmp_pa
     shutil.copytree(feature_run["written"]["text"], serving / "chtn_text" / "3")  # versions exist in one model
     assert saved_model.main(["--run", feature_run["run"], "--out", str(serving), "--model-base-path", "/models"]) == 0
     assert sorted(p.name for p in (serving / "chtn_image").iterdir()) == ["4", "notes"]  # leftover removed
-    assert saved_model.existing_versions(str(serving / "chtn_text")) == [3, 4]
+    assert layout.existing_versions(str(serving / "chtn_text")) == [3, 4]
     config = (serving / "models.config").read_text()
     assert re.findall(r'name: "(\w+)"\s+base_path: "([^"]+)"\s+model_platform: "tensorflow"', config) == [
         ("chtn_image", "/models/chtn_image"), ("chtn_text", "/models/chtn_text")]
@@ -221,15 +210,6 @@ def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, im
             assert lowest - 1e-9 <= result[key] <= highest + 1e-9
     assert verify.main(["--run", image_run["run"], "--serving", image_run["serving"]]) == 0
     assert "agree within" in capsys.readouterr().out
-
-
-def test_verify_map_matches_a_hand_computation():
-    # Query 0 (label 0) ranks the gallery [g0 (0), g2 (1), g1 (0)]: AP = (1/1 + 2/3) / 2.
-    # Query 1 (label 1) ranks [g2 (1), g0, g1]: AP = 1.
-    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    queries = np.array([[1.0, 0.2], [1.0, 1.1]])
-    got = verify.map_at_all(queries, np.array([0, 1]), gallery, np.array([0, 0, 1]))
-    assert got == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
 
 
 def _stored_tensors(version_dir):

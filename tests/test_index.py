@@ -19,19 +19,8 @@ import tensorflow as tf
 from chtn_tf.data import load_dataset
 from chtn_tf.model.config import ExperimentConfig
 from export import index as retrieval_index
-from tests import fixtures_export
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def feature_run(tmp_path_factory):
-    return fixtures_export.feature_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    return fixtures_export.image_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

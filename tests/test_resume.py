@@ -19,8 +19,7 @@ import tensorflow as tf
 from chtn_tf.atomic import folder_lock
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import build_model_from_run, encoder_variables, optimizer_variables
-from export import saved_model
-from tests import fixtures_export
+from export import layout, saved_model
 from tests.fixtures_data import make_wikipedia_fixture
 from training import checkpoint, fit
 
@@ -219,8 +218,8 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(setup, tmp_path):
         checkpoint.RunCheckpoints(str(run), model, writer=False).restore_last()
 
 
-def test_sigkill_during_export_then_rerun_removes_the_staging_folder(tmp_path_factory, tmp_path):
-    run = fixtures_export.feature_run(tmp_path_factory)["run"]
+def test_sigkill_during_export_then_rerun_removes_the_staging_folder(feature_run, tmp_path):
+    run = feature_run["run"]
     serving = tmp_path / "serving"
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen([sys.executable, "-m", "export.saved_model", "--run", run, "--out", str(serving)],
@@ -236,7 +235,7 @@ def test_sigkill_during_export_then_rerun_removes_the_staging_folder(tmp_path_fa
         process.kill()
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    assert not saved_model.existing_versions(str(serving / "chtn_image"))  # nothing half-published
+    assert not layout.existing_versions(str(serving / "chtn_image"))  # nothing half-published
 
     written = saved_model.export_run(run, str(serving))
     assert written["version"] == 1
@@ -259,34 +258,3 @@ def test_early_stopping_continues_its_count_after_a_resume():
     fresh.on_epoch_end(6, {"val_map_avg": 0.85})
     assert resumed.model.stop_training and not fresh.model.stop_training
     assert not stopped_early(state, 3) and stopped_early({**state, "epoch": 6}, 3) and not stopped_early(state, 0)
-
-
-def test_the_batches_of_an_epoch_depend_only_on_the_seed_and_the_epoch():
-    from chtn_tf.data.types import CrossModalDataset, SplitData
-    from training.inputs import PreparedInputs, batches_per_epoch, target_batches
-
-    n, m = 37, 11
-    split = SplitData(ids=[str(i) for i in range(n)], texts=[f"text {i}" for i in range(n)],
-                      labels=np.arange(n) % 3, image_features=np.zeros((n, 2)))
-    dataset = CrossModalDataset("toy", ["a", "b", "c"], {"train": split, "val": split, "test": split})
-    features = np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.float32)  # row i says i
-    inputs = PreparedInputs(dataset, {"train": features, "val": features, "test": features},
-                            np.arange(m, dtype=np.float32)[:, None].repeat(2, 1), np.zeros(m, np.int32), ["s"],
-                            {"name": "precomputed"})
-
-    def order(epochs, seed=0):
-        batches = target_batches(inputs, "train", batch_size=8, seed=seed, shuffle=True, with_source=True,
-                                 epochs=epochs)
-        assert int(batches.cardinality()) == batches_per_epoch(n, 8, shuffle=True) * (epochs[1] - epochs[0])
-        return [(b["target"]["image"][:, 0].numpy().astype(int).tolist(),
-                 b["source"]["image"][:, 0].numpy().astype(int).tolist()) for b in batches]
-
-    whole = order((0, 4))
-    assert order((2, 4)) == whole[2 * 4:]  # 4 full batches of 8 per epoch; the ragged 5 are dropped
-    assert len(whole) == 16 and all(len(t) == 8 and len(s) == 8 for t, s in whole)
-    epochs = [sorted(sum((t for t, _ in whole[e * 4:(e + 1) * 4]), [])) for e in range(4)]
-    assert all(len(set(e)) == 32 for e in epochs) and epochs[0] != epochs[1]  # each epoch: distinct pairs
-    assert order((0, 1), seed=1) != whole[:4]
-    val = target_batches(inputs, "val", batch_size=8, seed=0, shuffle=False, with_source=False)
-    assert [b["target"]["image"][:, 0].numpy().astype(int).tolist() for b in val] == [
-        list(range(i, min(i + 8, n))) for i in range(0, n, 8)]

@@ -144,6 +144,15 @@ def test_hand_computed_average_precision():
     assert average_precision_at([[False, True, True, False]]) == pytest.approx([(1 / 2 + 2 / 3) / 2])
 
 
+def test_map_matches_a_hand_computation_of_two_queries():
+    # Query 0 (label 0) ranks the gallery [g0 (0), g2 (1), g1 (0)]: AP = (1/1 + 2/3) / 2.
+    # Query 1 (label 1) ranks [g2 (1), g0, g1]: AP = 1.
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    queries = np.array([[1.0, 0.2], [1.0, 1.1]])
+    got = mean_average_precision(queries, np.array([0, 1]), gallery, np.array([0, 0, 1]))
+    assert got == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
 def test_ties_keep_gallery_order():
     # Items 0 and 1 point the same way: the irrelevant item 0 stays ahead of the relevant item 1. Their
     # normalised coordinates are 0 and 1 and the query's too, so both cosines are exactly 1 on any CPU kernel

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from chtn_tf.model.config import ExperimentConfig
-from tests.test_fit import make_wikipedia_fixture
+from tests.fixtures_data import make_wikipedia_fixture
 from training import fit, tune
 
 

@@ -124,8 +124,8 @@ def has_checkpoint(run_dir: str) -> bool:
     return any(tf.train.latest_checkpoint(os.path.join(run_dir, d)) for d in (LAST_DIR, BEST_DIR))
 
 
-# Temporary names that chtn_tf.atomic (mkstemp: ".tmp-" + 8 characters), ExperimentConfig.to_json ("<file>.tmp-<pid>")
-# and earlier versions of this module gave the files they were writing; a killed process leaves them behind.
+# Temporary names that chtn_tf.atomic (mkstemp: ".tmp-" + 8 characters) and earlier versions of chtn (config.json
+# as "<file>.tmp-<pid>", this module's folders) gave the files they were writing; a killed process leaves them behind.
 _RUN_LEFTOVERS = {"": (r"\.tmp-[a-z0-9_]{8}(\.weights\.h5)?", r".+\.tmp-\d+"),
                   CHECKPOINTS: (r"last\.old-\d+", r"\.tmp-last-[a-z0-9_]{8}")}
 

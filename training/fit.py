@@ -12,66 +12,38 @@ import logging
 import os
 import sys
 
+from chtn_tf.cli import ABLATIONS, add_data_args, config_from_args, number
 from chtn_tf.data.types import DatasetError
-from chtn_tf.model.config import ExperimentConfig, dataset_config
+from chtn_tf.model.config import ExperimentConfig
 from training.strategy import CHOICES as STRATEGIES
 
-DATASETS = ("wikipedia", "webnews", "pascal", "nuswide10k")
-
-# CLI flag -> config field; None means "not given" and leaves the config's value.
-OVERRIDES = {
-    "data_dir": "data.data_dir", "source": "data.source",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed", "backbone": "train.backbone",
+# training.fit's own flags -> config fields (the data flags are chtn_tf.cli's); None leaves the config's value.
+TRAINING_FLAGS = {
+    "epochs": "train.epochs", "batch_size": "train.batch_size",
     "mmd_weight": "loss.mmd", "pair_weight": "loss.pair", "source_weight": "loss.source_ce",
     "learning_rate": "optimizer.learning_rate", "optimizer": "optimizer.name",
     "representation": "model.representation",
 }
 
 
-def number(kind, *, low, low_included: bool = True, high=None):
-    """An argparse type: ``kind`` (int or float) at least (or above) ``low`` and at most ``high``."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if (value < low if low_included else value <= low) or (high is not None and value > high):
-            bound = f"{'at least' if low_included else 'above'} {low}"
-            bound += f" and at most {high}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--dataset", choices=DATASETS, help="a registered dataset")
-    data.add_argument("--manifest", help="CSV manifest image,text,label[,split] of your own collection")
-    parser.add_argument("--config", help="JSON config (e.g. best_config.json of training.tune); flags override it")
+    add_data_args(parser)
     parser.add_argument("--out", help="run folder (default runs/<dataset>); re-running resumes it")
-    parser.add_argument("--data-dir", help="data root (default: $CHTN_DATA_DIR, then ~/.cache/chtn/datasets)")
-    parser.add_argument("--source", help="source domain: imagenette, none, or a folder <class>/<image> (default auto)")
-    parser.add_argument("--backbone", help="auto, efficientnet-lite0, resnet50-v2, or a TF-Hub handle")
     parser.add_argument("--epochs", type=number(int, low=1))
     parser.add_argument("--batch-size", type=number(int, low=1))
-    parser.add_argument("--seed", type=number(int, low=0))
     parser.add_argument("--learning-rate", type=number(float, low=0.0, low_included=False))
     parser.add_argument("--optimizer", choices=("sgd", "adam"))
     parser.add_argument("--mmd-weight", type=number(float, low=0.0), help="weight of MMD_fc6 + MMD_fc7")
     parser.add_argument("--pair-weight", type=number(float, low=0.0), help="weight of pair_fc6 + pair_fc7")
     parser.add_argument("--source-weight", type=number(float, low=0.0), help="weight of the source cross-entropy")
     parser.add_argument("--representation", choices=("fc10", "fc9"))
-    parser.add_argument("--ablation", choices=("none", "no-source", "no-pair", "no-shared"), default="none",
-                        help="switch off one part of CHTN")
+    parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="switch off one part of CHTN")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default auto: multi-worker when TF_CONFIG names several workers, "
                              "mirrored with several GPUs, else default); --batch-size is the global batch")
     parser.add_argument("--no-resume", action="store_true",
                         help="start over, replacing the run in --out (default: continue it)")
-    parser.add_argument("--allow-leak", action="store_true",
-                        help="keep pairs whose image file is also in an earlier split (default: drop them)")
     parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
                         help="refuse the data when more than this fraction of its pairs were dropped (default 0.05)")
     parser.add_argument("--quiet", action="store_true",
@@ -81,28 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args) -> ExperimentConfig:
     """The config a command line asks for: --config file or the dataset's defaults, then flag overrides."""
-    if args.config:
-        config = ExperimentConfig.from_json(args.config)
-    else:
-        config = dataset_config(args.dataset)
-    overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items()}
-    if args.dataset:
-        overrides.update({"data.dataset": args.dataset, "data.manifest": None})
-    if args.manifest:
-        overrides["data.manifest"] = os.path.abspath(args.manifest)
-        config.data.dataset = None
-    if args.allow_leak:
-        overrides["data.allow_leak"] = True
-    config = config.override(overrides)
-    if args.ablation == "no-source":
-        config.loss.source_transfer = False
-    elif args.ablation == "no-pair":
-        config.loss.pair = 0.0
-    elif args.ablation == "no-shared":
-        config.model.shared_layers = False
-    if not config.data.dataset and not config.data.manifest:
-        raise DatasetError("no data given: pass --dataset NAME, --manifest PATH, or a --config naming one")
-    return config
+    return config_from_args(args, TRAINING_FLAGS)
 
 
 def _error(message: str) -> int:
@@ -135,7 +86,8 @@ def main(argv=None) -> int:
 
     from chtn_tf.atomic import FolderBusy
     from chtn_tf.data.checks import check_usable
-    from training.inputs import prepare_inputs, read_dataset
+    from chtn_tf.data import read_dataset
+    from training.inputs import prepare_inputs
     from training.run import RunConflict, check_config, check_data, format_results, train_and_evaluate
 
     resume = not args.no_resume

@@ -12,11 +12,10 @@ import logging
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from chtn_tf.backbones.extract import extract_dataset, resolve_source
-from chtn_tf.data import load_dataset, source_domain
-from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem, SplitData
+from chtn_tf.data import read_dataset, source_domain
+from chtn_tf.data.types import CrossModalDataset, Problem
 from chtn_tf.model.config import ExperimentConfig
 
 log = logging.getLogger("chtn")
@@ -52,22 +51,17 @@ class PreparedInputs:
         return 0 if self.source_class_names is None else len(self.source_class_names)
 
 
-def read_dataset(config: ExperimentConfig) -> CrossModalDataset:
-    """The dataset named by ``config.data`` (a registered name or a manifest)."""
-    data = config.data
-    if not data.dataset and not data.manifest:
-        raise DatasetError("no data given: pass --dataset NAME or --manifest PATH")
-    return load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
-                        val_fraction=data.val_fraction, allow_leak=data.allow_leak, **data.options)
-
-
 def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: Optional[CrossModalDataset] = None,
                    shard: tuple = (0, 1)) -> PreparedInputs:
-    """Reads the data (unless ``dataset``, read by :func:`read_dataset`, is given) and computes (or loads cached)
-    image features for every split and the source domain.
+    """Reads the data (unless ``dataset``, read by :func:`chtn_tf.data.read_dataset`, is given) and computes (or
+    loads cached) image features for every split and the source domain.
 
     ``shard=(I, N)``: this process is worker I of N; it runs 1/N of the backbone passes and the features are
     merged through the shared feature cache (:func:`chtn_tf.backbones.extract.extract_dataset`).
+
+    Returns:
+        the inputs; their ``dataset`` is a new one without the pairs whose image could not be decoded (each
+        recorded in its ``problems``). The ``dataset`` given is left as it was.
     """
     dataset = read_dataset(config) if dataset is None else dataset
     source_spec = resolve_source(config.data.source, dataset, source_transfer=config.loss.source_transfer)
@@ -90,9 +84,7 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
             log.info("worker %d of %d ran %d of %d images through %s (the rest came from the other workers or the "
                      "cache)", shard[0], shard[1], sum(f.computed for f in extracted.values()),
                      sum(len(f.features) for f in extracted.values()), spec.name)
-        features = {}
-        for name, split in list(dataset.splits.items()):
-            features[name], dataset.splits[name] = _drop_failed(dataset, name, split, extracted[name])
+        dataset, features = _without_failed_images(dataset, extracted)
 
     source_features = source_labels = source_classes = None
     if source is not None:
@@ -106,74 +98,19 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
     return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone)
 
 
-def _drop_failed(dataset: CrossModalDataset, split_name: str, split: SplitData, extracted):
-    if not extracted.failed:
-        return extracted.features, split
-    keep = np.ones(len(split), bool)
-    for index, path, reason in extracted.failed:
-        keep[index] = False
-        dataset.problems.append(Problem(kind="undecodable_image", where=str(path), pair_id=split.ids[index],
-                                        split=split_name, message=f"image could not be decoded ({reason}); pair skipped"))
-        log.warning("pair %s skipped: image %s could not be decoded (%s)", split.ids[index], path, reason)
-    index = np.flatnonzero(keep)
-    return extracted.features[index], split.subset(index)
-
-
-def batches_per_epoch(n: int, batch_size: int, *, shuffle: bool) -> int:
-    """Batches :func:`target_batches` gives per epoch for ``n`` pairs."""
-    if shuffle and n > batch_size:
-        return n // batch_size
-    return -(-n // batch_size)
-
-
-def _permutation(n: int, seed) -> tf.Tensor:
-    """A permutation of ``0..n-1`` that depends only on ``seed`` (a pair of int64), the same in every process."""
-    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
-
-
-def target_batches(inputs: PreparedInputs, split: str, *, batch_size: int, seed: int, shuffle: bool,
-                   with_source: bool, epochs: tuple = (0, 1)) -> tf.data.Dataset:
-    """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch.
-
-    With ``shuffle``, the batches of epochs ``epochs[0]`` to ``epochs[1] - 1`` follow one another (fit it with
-    ``steps_per_epoch=batches_per_epoch(...)``), and the order of epoch ``e`` depends only on ``(seed, e)``: a
-    run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees from there.
-    """
-    data = inputs.dataset.splits[split]
-    target = {"image": tf.constant(inputs.features[split], tf.float32),
-              "text": tf.constant(list(data.texts), dtype=tf.string),
-              "label": tf.constant(data.labels, tf.int32)}
-    n = len(data)
-    source = None
-    if with_source and inputs.source_features is not None:
-        source = {"image": tf.constant(inputs.source_features, tf.float32),
-                  "label": tf.constant(inputs.source_labels, tf.int32)}
-        m = len(inputs.source_features)
-    # Drop a ragged last batch while training: a batch of one breaks BatchNorm and the MMD bandwidth.
-    drop_remainder = shuffle and n > batch_size
-
-    def gather(values, index):
-        return {key: tf.gather(value, index) for key, value in values.items()}
-
-    def one_epoch(epoch):
-        epoch = tf.cast(epoch, tf.int64)
-        order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
-        pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-        pairs = pairs.map(lambda index: gather(target, index))
-        if source is None:
-            return pairs.map(lambda t: {"target": t})
-        # One fresh permutation of the source images per pass, as many passes as the epoch needs.
-        source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch
-        sources = tf.data.Dataset.counter().flat_map(
-            lambda k: tf.data.Dataset.from_tensor_slices(_permutation(m, tf.stack([source_seed, k]))))
-        sources = sources.batch(batch_size, drop_remainder=True).map(lambda index: gather(source, index))
-        return tf.data.Dataset.zip(pairs, sources).map(lambda t, s: {"target": t, "source": s})
-
-    # The batch count is known, but not to tf.data once a source stream is zipped in; Keras needs it.
-    batches = batches_per_epoch(n, batch_size, shuffle=shuffle)
-    if not shuffle:
-        dataset = one_epoch(0).apply(tf.data.experimental.assert_cardinality(batches))
-    else:
-        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches * max(0, epochs[1] - epochs[0])))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+def _without_failed_images(dataset: CrossModalDataset, extracted: dict) -> tuple:
+    """``(dataset, {split: features})`` without the pairs whose image failed to decode, each one a new problem."""
+    splits, features, problems = {}, {}, list(dataset.problems)
+    for name, split in dataset.splits.items():
+        keep = np.ones(len(split), bool)
+        for index, path, reason in extracted[name].failed:
+            keep[index] = False
+            problems.append(Problem(kind="undecodable_image", where=str(path), pair_id=split.ids[index], split=name,
+                                    message=f"image could not be decoded ({reason}); pair skipped"))
+            log.warning("pair %s skipped: image %s could not be decoded (%s)", split.ids[index], path, reason)
+        if keep.all():
+            splits[name], features[name] = split, extracted[name].features
+        else:
+            index = np.flatnonzero(keep)
+            splits[name], features[name] = split.subset(index), extracted[name].features[index]
+    return dataclasses.replace(dataset, splits=splits, problems=problems), features

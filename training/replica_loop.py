@@ -42,13 +42,21 @@ def distribute_batches(strategy, dataset: tf.data.Dataset):
             def replica_rows(j):
                 r = first + tf.cast(j, tf.int32)
                 start, end = (r * rows) // replicas, ((r + 1) * rows) // replicas
-                return tf.nest.map_structure(lambda t: t[start:end], batch)
+                return tf.nest.map_structure(lambda t: _row_range(t, start, end), batch)
 
             return tf.data.Dataset.range(local).map(replica_rows)
 
         return dataset.flat_map(slices).prefetch(tf.data.AUTOTUNE)
 
     return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _row_range(values, start, end):
+    """Rows ``[start, end)`` of a tensor or of a ``tf.SparseTensor`` (the bag-of-words rows of a batch)."""
+    if isinstance(values, tf.SparseTensor):
+        start, end = tf.cast(start, tf.int64), tf.cast(end, tf.int64)
+        return tf.sparse.slice(values, tf.stack([start, 0]), tf.stack([end - start, values.dense_shape[1]]))
+    return values[start:end]
 
 
 def _step_function(model: keras.Model, step):

@@ -16,16 +16,17 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf.atomic import folder_lock, write_json_atomic
+from chtn_tf.data.pipeline import batches_per_epoch, target_batches
 from chtn_tf.metrics import plots
 from chtn_tf.metrics.retrieval import evaluate_retrieval
 from chtn_tf.model.chtn import CHTNModel, make_optimizer
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import (CONFIG_FILE, VECTORIZER_FILE, read_model_info, restore_best,
                                    save_model_definition)
-from chtn_tf.model.text import build_text_vectorizer, load_text_vectorizer
+from chtn_tf.model.text import build_text_vectorizer, load_text_vectorizer, vectorize_texts
 from training import checkpoint
 from training.callbacks import ResumableEarlyStopping, RunCheckpointer, ValidationMAP, stopped_early
-from training.inputs import PreparedInputs, batches_per_epoch, target_batches
+from training.inputs import PreparedInputs
 from training.examples import write_run_examples
 from training.replica_loop import fit_replicated, uses_replica_loop
 from training.strategy import Distribution, StrategyError, default_distribution
@@ -75,20 +76,31 @@ def fit_callbacks(model_inputs: PreparedInputs, model=None) -> list:
     return first + [ValidationMAP(model_inputs.features["val"], val.texts, val.labels)]
 
 
+def split_columns(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict:
+    """One split as the model trains on it: image features, the texts' bag-of-words rows (vectorised once, by
+    the model's own vectoriser, as a sparse matrix) and labels, one row per pair."""
+    data = inputs.dataset.splits[split]
+    return {"image": inputs.features[split], "bag_of_words": vectorize_texts(model.text_vectorizer, data.texts),
+            "label": data.labels}
+
+
 def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_epoch: int = 0,
               callbacks=(), verbose="auto"):
     """``model.fit`` on the training split with validation batches and MAP; returns the History.
 
-    Epoch ``e`` sees the same batches whatever ``initial_epoch`` is (see :func:`training.inputs.target_batches`),
-    so a resumed run continues exactly where an uninterrupted one would be, on one process or several workers.
-    Models built under a mirrored or multi-worker strategy train with :func:`fit_replicated`.
+    Epoch ``e`` sees the same batches whatever ``initial_epoch`` is (see
+    :func:`chtn_tf.data.pipeline.target_batches`), so a resumed run continues exactly where an uninterrupted
+    one would be, on one process or several workers. Models built under a mirrored or multi-worker strategy
+    train with :func:`fit_replicated`.
     """
     config = model.config
-    with_source = model.use_source
-    train = target_batches(inputs, "train", batch_size=config.train.batch_size, seed=config.train.seed,
-                           shuffle=True, with_source=with_source, epochs=(initial_epoch, epochs))
-    val = target_batches(inputs, "val", batch_size=config.train.batch_size, seed=config.train.seed,
-                         shuffle=False, with_source=with_source)
+    source = None
+    if model.use_source and inputs.source_features is not None:
+        source = {"image": inputs.source_features, "label": inputs.source_labels}
+    common = dict(source=source, batch_size=config.train.batch_size, seed=config.train.seed)
+    train = target_batches(split_columns(model, inputs, "train"), shuffle=True, epochs=(initial_epoch, epochs),
+                           **common)
+    val = target_batches(split_columns(model, inputs, "val"), shuffle=False, **common)
     steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
     if uses_replica_loop(model.distribute_strategy):
         return fit_replicated(model, train, steps_per_epoch=steps, validation_data=val, epochs=epochs,

@@ -24,6 +24,7 @@ import os
 import sys
 
 from chtn_tf.atomic import write_json_atomic
+from chtn_tf.cli import add_data_args, config_from_args
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig
 
@@ -33,20 +34,12 @@ SETTINGS = "search.json"  # what a resumed search must match
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.fit import DATASETS
-
     parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__.splitlines()[0])
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--dataset", choices=DATASETS, help="a registered dataset")
-    data.add_argument("--manifest", help="CSV manifest image,text,label[,split] of your own collection")
-    parser.add_argument("--config", help="base config JSON (default: the dataset's registered config)")
+    add_data_args(parser)
     parser.add_argument("--out", required=True, help="search folder; re-running continues the search in it")
     parser.add_argument("--max-trials", type=int, default=10, help="total trials in the search, earlier ones included")
     parser.add_argument("--tuner", choices=TUNERS, default="random")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (hyperband: the most a trial gets)")
-    parser.add_argument("--data-dir", help="data root (default: $CHTN_DATA_DIR, then ~/.cache/chtn/datasets)")
-    parser.add_argument("--seed", type=int, help="seed of the model, the data order and the search")
-    parser.add_argument("--backbone", help="image backbone for raw-image datasets (default: the config's)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep every trial's weights (default: only the best trial's; hyperband keeps all)")
     parser.add_argument("--strategy", choices=("auto", "default", "mirrored"), default="auto",
@@ -55,17 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
                         help="Keras output inside a trial: 0 validation MAP lines only, 1 progress bars, 2 a line per epoch")
     return parser
-
-
-def base_config(args) -> ExperimentConfig:
-    """The config every trial starts from: ``training.fit``'s resolution of the same data flags."""
-    from training.fit import build_parser as fit_parser, resolve_config
-
-    fit_args = fit_parser().parse_args([])
-    fit_args.dataset, fit_args.manifest, fit_args.config = args.dataset, args.manifest, args.config
-    fit_args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    fit_args.seed, fit_args.backbone = args.seed, args.backbone
-    return resolve_config(fit_args)
 
 
 def tuning_role(environ=None) -> str:
@@ -219,23 +201,19 @@ def check_resumable(out: str, settings: dict, *, record: bool = True) -> None:
     ``record=False`` (a distributed-search worker): only compares, with the chief's record when it exists.
     """
     path = os.path.join(out, SETTINGS)
-    if not record:
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)
-            if previous != json.loads(json.dumps(settings)):
-                changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
-                raise ValueError(f"this worker's search differs from the chief's in {out} ({', '.join(changed)}; see "
-                                 f"{path}): run the same command, with the same data and flags, on every process")
-        return
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             previous = json.load(f)
         # JSON has no tuples: compare both as JSON.
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
+        changed = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != previous.get(k))
+        if changed and record:
             raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)} differ; see {path}); "
                              f"re-run with the same --tuner/--epochs/config to continue it, or use a new --out")
+        if changed:
+            raise ValueError(f"this worker's search differs from the chief's in {out} ({', '.join(changed)}; see "
+                             f"{path}): run the same command, with the same data and flags, on every process")
+    elif not record:
+        return
     elif os.path.exists(os.path.join(out, PROJECT, "oracle.json")):
         # (An oracle-less project folder is fine: distributed-search workers create it while the chief starts.)
         raise ValueError(f"{out}/{PROJECT} holds a search but {path} does not exist: not a search made by "
@@ -298,7 +276,7 @@ def main(argv=None) -> int:
 
         # First (a strategy must exist before TensorFlow runs anything); TF_CONFIG plays no part in a search.
         distribution = select_strategy(args.strategy, use_tf_config=False)
-        base = base_config(args)
+        base = config_from_args(args)  # the base config every trial starts from
         from training.inputs import prepare_inputs
 
         inputs = prepare_inputs(base)

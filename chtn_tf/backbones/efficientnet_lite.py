@@ -22,15 +22,13 @@ import dataclasses
 import functools
 import importlib
 import os
-import shutil
-import tempfile
 from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from chtn_tf.atomic import replace_dir_atomic
+from chtn_tf.atomic import atomic_dir
 from chtn_tf.backbones.registry import LITE_IMAGE_SIZES
 from chtn_tf.backbones.torch_weights import load_state_dict
 
@@ -359,19 +357,6 @@ def write_hub_module(out_dir: str, *, arch: str = "efficientnet-lite0", kind: st
     output_name = "feature_vector" if kind == "feature_vector" else "logits"
     serving = tf.function(lambda images: {output_name: module.__call__(images, training=False)},
                           input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-hub-", dir=parent)
-    try:
+    with atomic_dir(out_dir, replace=replace) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": serving})
-        if replace:
-            replace_dir_atomic(tmp, out_dir)
-        elif not os.path.exists(out_dir):
-            try:
-                os.replace(tmp, out_dir)
-            except OSError:  # another process moved its copy in first
-                if not os.path.isfile(os.path.join(out_dir, "saved_model.pb")):
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from typing import Optional
 
 from chtn_tf.backbones.feature_cache import (FeatureSet, extract_features, images_per_batch, parse_shard,
                                              plan_shards)
+from chtn_tf.cli import add_data_args, config_from_args
 from chtn_tf.data.types import CrossModalDataset, DatasetError
 
 log = logging.getLogger("chtn")
@@ -76,14 +76,7 @@ def extract_dataset(dataset: CrossModalDataset, spec, *, source_paths=None, shar
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chtn_tf.backbones.extract", description=__doc__.splitlines()[0])
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--dataset", help="a registered dataset (wikipedia, webnews, pascal, nuswide10k)")
-    data.add_argument("--manifest", help="CSV manifest image,text,label[,split] of your own collection")
-    parser.add_argument("--config", help="a run's JSON config (data, seed and backbone are read from it)")
-    parser.add_argument("--data-dir", help="data root (default: $CHTN_DATA_DIR, then ~/.cache/chtn/datasets)")
-    parser.add_argument("--source", help="source domain: imagenette, none, or a folder <class>/<image> (default auto)")
-    parser.add_argument("--backbone", help="auto, efficientnet-lite0, resnet50-v2, or a TF-Hub handle")
-    parser.add_argument("--seed", type=int, help="seed of the validation carve-out (as training.fit --seed)")
+    add_data_args(parser)
     parser.add_argument("--shard", default="0/1", help="I/N: compute shard I of N (0-based) and merge the others")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -92,24 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from chtn_tf.data import load_dataset, source_domain
-    from chtn_tf.model.config import ExperimentConfig, dataset_config
+    from chtn_tf.data import read_dataset, source_domain
 
     try:
         shard = parse_shard(args.shard)
-        config = ExperimentConfig.from_json(args.config) if args.config else dataset_config(args.dataset)
-        if args.dataset or args.manifest:
-            config.data.dataset = args.dataset
-            config.data.manifest = os.path.abspath(args.manifest) if args.manifest else None
-        config = config.override({"data.data_dir": args.data_dir, "data.source": args.source,
-                                  "train.seed": args.seed, "train.backbone": args.backbone})
-        if not config.data.dataset and not config.data.manifest:
-            raise DatasetError("no data given: pass --dataset NAME, --manifest PATH, or a --config naming one")
-        data = config.data
-        dataset = load_dataset(data.dataset, manifest=data.manifest, data_dir=data.data_dir, seed=config.train.seed,
-                               val_fraction=data.val_fraction, **data.options)
-        source = resolve_source(data.source, dataset, source_transfer=config.loss.source_transfer)
-        source_paths = None if source is None else source_domain(source, data_dir=data.data_dir).image_paths
+        config = config_from_args(args)
+        dataset = read_dataset(config)
+        source = resolve_source(config.data.source, dataset, source_transfer=config.loss.source_transfer)
+        source_paths = None if source is None else source_domain(source, data_dir=config.data.data_dir).image_paths
         from chtn_tf.backbones.registry import resolve_backbone
 
         spec = resolve_backbone(config.train.backbone)

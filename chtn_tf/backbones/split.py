@@ -36,6 +36,7 @@ BOTTOM_VERSION = 1
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime_ns are part of the cache key: a file changed in place is hashed again.
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

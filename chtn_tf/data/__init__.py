@@ -9,13 +9,13 @@ Data is looked for in ``--data-dir``, then ``$CHTN_DATA_DIR``, then the user cac
 
 from chtn_tf.data.image_folder import load_image_folder, source_domain
 from chtn_tf.data.locations import ENV_VAR, resolve_data_dir, user_cache_dir
-from chtn_tf.data.registry import READERS, dataset_names, load_dataset
+from chtn_tf.data.registry import DATASETS, dataset_names, load_dataset, read_dataset
 from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError, ImageFolderDataset, Problem, SplitData
 
 __all__ = [
-    "CrossModalDataset", "DatasetError", "ENV_VAR", "ImageFolderDataset", "Problem", "READERS", "SPLITS",
-    "SplitData", "dataset_names", "download_pascal", "load_dataset", "load_image_folder", "resolve_data_dir",
-    "source_domain", "user_cache_dir",
+    "CrossModalDataset", "DATASETS", "DatasetError", "ENV_VAR", "ImageFolderDataset", "Problem", "SPLITS",
+    "SplitData", "dataset_names", "download_pascal", "load_dataset", "load_image_folder", "read_dataset",
+    "resolve_data_dir", "source_domain", "user_cache_dir",
 ]
 
 

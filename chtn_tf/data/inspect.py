@@ -15,33 +15,10 @@ import sys
 
 import numpy as np
 
+from chtn_tf.cli import add_data_args, config_from_args, number
 from chtn_tf.data.checks import check_usable
-from chtn_tf.data.locations import ENV_VAR
-from chtn_tf.data.registry import dataset_names, load_dataset
+from chtn_tf.data.registry import read_dataset
 from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError
-
-
-def _option(text: str) -> tuple:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(value.lower(), value)
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
-    return value
 
 
 def natural_key(text: str) -> list:
@@ -98,23 +75,16 @@ def summarise(dataset: CrossModalDataset) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chtn_tf.data.inspect", description=__doc__.split("\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=dataset_names(), help="a registered dataset")
-    source.add_argument("--manifest", help="a CSV manifest image,text,label[,split]")
-    parser.add_argument("--data-dir", help=f"data folder (default: ${ENV_VAR}, else the user cache folder)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified splits")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train carved out as val")
-    parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="reader setting, e.g. protocol=231/462 (wikipedia), sentences=each (pascal)")
-    parser.add_argument("--max-dropped", type=fraction, default=0.05,
+    add_data_args(parser, require_data=True)
+    parser.add_argument("--val-fraction", type=number(float, low=0.0, high=1.0),
+                        help="fraction of train carved out as val (default: the config's, 0.1)")
+    parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
                         help="largest fraction of dropped pairs still called usable (default 0.05)")
-    parser.add_argument("--allow-leak", action="store_true",
-                        help="keep pairs whose image file is also in an earlier split (default: drop them)")
     args = parser.parse_args(argv)
     try:
-        dataset = load_dataset(args.dataset, manifest=args.manifest, data_dir=args.data_dir, seed=args.seed,
-                               val_fraction=args.val_fraction, allow_leak=args.allow_leak, **dict(args.option))
-    except DatasetError as err:
+        # The data training.fit reads for the same flags.
+        dataset = read_dataset(config_from_args(args, {"val_fraction": "data.val_fraction"}))
+    except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summarise(dataset))

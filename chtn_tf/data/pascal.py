@@ -36,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from chtn_tf.atomic import write_text_atomic
 from chtn_tf.data.images import check_image, drop_bad_images
 from chtn_tf.data.locations import ENV_VAR, data_dir_source, resolve_data_dir
 from chtn_tf.data.records import to_split
@@ -257,20 +258,13 @@ def download_pascal(dest=None, *, base_url: str = OFFICIAL_URL, timeout: float =
             raise DatasetError(f"downloaded {rel} but it {verdict}; run the download again")
         sums[rel] = _sha256(path)
         if captions:
-            _write_atomic(root / "sentence" / category / (pathlib.Path(image).stem + ".txt"),
+            write_text_atomic(root / "sentence" / category / (pathlib.Path(image).stem + ".txt"),
                           "\n".join(captions) + "\n")
-    _write_atomic(sums_path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    write_text_atomic(sums_path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
     if not (root / CAPTIONS_JSON).is_file():
-        _write_atomic(root / CAPTIONS_JSON, json.dumps(
+        write_text_atomic(root / CAPTIONS_JSON, json.dumps(
             {i: {"category": c, "captions": caps} for i, (c, caps) in sorted(catalogue.items())}, ensure_ascii=False))
     return root
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -283,11 +277,10 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        root = download_pascal(args.data_dir, base_url=args.url)
+        print(f"Pascal Sentences is in {download_pascal(args.data_dir, base_url=args.url)}")
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"Pascal Sentences is in {root}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""tf.data input pipelines: images decoded and resized in the graph, texts kept as raw ``tf.string``.
+"""Input pipelines: images decoded and resized in the graph; the tf.data batches a run trains on.
 
-Order is deterministic: maps run in parallel with ``deterministic=True``, and shuffling uses a fixed seed
-(each epoch reshuffles, the sequence of epochs is the same for the same seed).
+:func:`decode_image` is the one decode + resize of an image (feature extraction, cached views and the
+exported image encoder all use it); :func:`image_dataset` decodes files in order. :func:`target_batches`
+deals a run's prepared arrays (image features, bag-of-words rows, labels; the source domain's images) into
+the batches ``CHTNModel`` trains on; the order of epoch ``e`` depends only on the seed and ``e``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
-
-from chtn_tf.data.types import SplitData
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -46,7 +46,7 @@ def load_image(path: tf.Tensor, image_size: Union[int, Sequence[int]] = 224) -> 
 
 
 def image_dataset(paths: Sequence[str], *, image_size: Union[int, Sequence[int]] = 224, batch_size: int = 32,
-                  labels: Optional[Sequence[int]] = None, skip_errors: bool = False) -> tf.data.Dataset:
+                  labels: Optional[Sequence[int]] = None) -> tf.data.Dataset:
     """Batches of decoded images, in the order of ``paths``: ``images`` or ``(images, labels)``.
 
     Args:
@@ -54,8 +54,6 @@ def image_dataset(paths: Sequence[str], *, image_size: Union[int, Sequence[int]]
         image_size: output side (int) or ``(height, width)``.
         batch_size: images per batch (the last batch may be smaller).
         labels: int labels aligned with ``paths``, or None.
-        skip_errors: drop a file that fails to decode instead of failing; positions then shift, so leave it
-            off when the output must stay aligned with ``paths`` (the readers already drop undecodable images).
     """
     paths = tf.constant([str(p) for p in paths], dtype=tf.string)
     if labels is None:
@@ -64,42 +62,108 @@ def image_dataset(paths: Sequence[str], *, image_size: Union[int, Sequence[int]]
     else:
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
         ds = ds.map(lambda p, y: (load_image(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if skip_errors:
-        ds = ds.ignore_errors(log_warning=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
-def pair_dataset(split: SplitData, *, image_size: Union[int, Sequence[int]] = 224, batch_size: int = 32,
-                 shuffle: bool = False, seed: int = 0, drop_remainder: bool = False,
-                 skip_errors: bool = True) -> tf.data.Dataset:
-    """Batches of ``{"image", "text", "label", "id"}`` from one split.
+# ---------------------------------------------------------------- training batches
 
-    ``image`` is the decoded image (float32 ``[B, H, W, 3]``) when the split has image files, or the feature
-    vector (float32 ``[B, d]``) when it has precomputed features; ``text`` and ``id`` are raw ``tf.string``.
+def batches_per_epoch(n: int, batch_size: int, *, shuffle: bool) -> int:
+    """Batches :func:`target_batches` gives per epoch for ``n`` pairs."""
+    if shuffle and n > batch_size:
+        return n // batch_size
+    return -(-n // batch_size)
+
+
+def _permutation(n: int, seed) -> tf.Tensor:
+    """A permutation of ``0..n-1`` that depends only on ``seed`` (a pair of int64), the same in every process."""
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+class _SparseRows:
+    """The rows of a ``tf.SparseTensor`` ``[n, width]``, gathered per batch into a ``SparseTensor`` ``[b, width]``.
+
+    Held as two ragged tensors (column ids and values per row), which ``tf.gather`` can index.
+    """
+
+    def __init__(self, matrix: tf.SparseTensor):
+        matrix = tf.sparse.reorder(matrix)
+        rows, n = matrix.indices[:, 0], matrix.dense_shape[0]
+        self.columns = tf.RaggedTensor.from_value_rowids(matrix.indices[:, 1], rows, nrows=n)
+        self.values = tf.RaggedTensor.from_value_rowids(matrix.values, rows, nrows=n)
+        self.width = matrix.dense_shape[1]
+
+    def __len__(self) -> int:
+        return int(self.columns.nrows())
+
+    def gather(self, index) -> tf.SparseTensor:
+        columns, values = tf.gather(self.columns, index), tf.gather(self.values, index)
+        indices = tf.stack([columns.value_rowids(), columns.flat_values], axis=1)
+        return tf.SparseTensor(indices, values.flat_values, tf.stack([tf.size(index, tf.int64), self.width]))
+
+
+def _rows(values):
+    """A column of per-pair values as something :func:`_gather` indexes: a tensor, or sparse rows."""
+    if isinstance(values, tf.SparseTensor):
+        return _SparseRows(values)
+    if isinstance(values, (list, tuple)) and values and isinstance(values[0], str):
+        return tf.constant(list(values), dtype=tf.string)
+    return tf.convert_to_tensor(values)
+
+
+def _gather(columns: dict, index) -> dict:
+    return {key: value.gather(index) if isinstance(value, _SparseRows) else tf.gather(value, index)
+            for key, value in columns.items()}
+
+
+def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: int, seed: int, shuffle: bool,
+                   epochs: tuple = (0, 1)) -> tf.data.Dataset:
+    """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch.
 
     Args:
-        split: the split to read.
-        image_size: output side (int) or ``(height, width)``.
-        batch_size: pairs per batch.
-        shuffle: shuffle the whole split each epoch (before decoding, so it is cheap), with ``seed``.
-        seed: shuffle seed: the same seed gives the same order, epoch after epoch.
-        drop_remainder: drop a final short batch.
-        skip_errors: a file that fails to decode drops its pair instead of stopping the epoch (logged).
+        target: the pairs of one split, ``{column: values}`` with one row per pair: numpy arrays, lists of
+            strings, or a ``tf.SparseTensor`` (e.g. the bag-of-words rows of the texts, vectorised once),
+            each batch of which is a ``tf.SparseTensor`` too. ``CHTNModel`` reads ``image``, ``label`` and
+            ``bag_of_words`` (or raw ``text``).
+        source: the source domain, ``{"image", "label"}`` with one row per image, or None.
+        batch_size: pairs per batch (and source images per batch).
+        seed: the order's seed.
+        shuffle: shuffle the pairs (training): each epoch a permutation that depends only on ``(seed, epoch)``,
+            and a ragged last batch is dropped (a batch of one breaks BatchNorm and the MMD bandwidth) unless
+            the split fits in one batch. Without it, the pairs in order, the last batch possibly smaller.
+        epochs: ``(first, end)``: with ``shuffle``, the batches of epochs ``first`` to ``end - 1`` follow one
+            another (fit with ``steps_per_epoch=batches_per_epoch(...)``): a run resumed at epoch ``e`` sees
+            exactly the batches an uninterrupted run sees from there.
+
+    Returns:
+        the batches, with a known cardinality (Keras needs it), prefetched. The source images come in a fresh
+        permutation per pass over them, as many passes as an epoch needs, each depending only on the seed,
+        the epoch and the pass.
     """
-    columns = {
-        "text": tf.constant(list(split.texts), dtype=tf.string),
-        "label": np.asarray(split.labels, np.int32),
-        "id": tf.constant([str(i) for i in split.ids], dtype=tf.string),
-    }
-    from_files = split.image_paths is not None
-    columns["image"] = (tf.constant([str(p) for p in split.image_paths], dtype=tf.string) if from_files
-                        else np.asarray(split.image_features, np.float32))
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-    if shuffle:
-        ds = ds.shuffle(max(len(split), 1), seed=seed, reshuffle_each_iteration=True)
-    if from_files:
-        ds = ds.map(lambda x: {**x, "image": load_image(x["image"], image_size)}, num_parallel_calls=AUTOTUNE,
-                    deterministic=True)
-        if skip_errors:
-            ds = ds.ignore_errors(log_warning=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    target = {key: _rows(values) for key, values in target.items()}
+    n = len(next(iter(target.values())))
+    if source is not None:
+        source = {key: _rows(values) for key, values in source.items()}
+        m = len(next(iter(source.values())))
+    drop_remainder = shuffle and n > batch_size
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
+        pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+        pairs = pairs.map(lambda index: _gather(target, index))
+        if source is None:
+            return pairs.map(lambda t: {"target": t})
+        source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch
+        sources = tf.data.Dataset.counter().flat_map(
+            lambda k: tf.data.Dataset.from_tensor_slices(_permutation(m, tf.stack([source_seed, k]))))
+        sources = sources.batch(batch_size, drop_remainder=True).map(lambda index: _gather(source, index))
+        return tf.data.Dataset.zip(pairs, sources).map(lambda t, s: {"target": t, "source": s})
+
+    # The batch count is known, but not to tf.data once a source stream is zipped in; Keras needs it.
+    batches = batches_per_epoch(n, batch_size, shuffle=shuffle)
+    if not shuffle:
+        dataset = one_epoch(0).apply(tf.data.experimental.assert_cardinality(batches))
+    else:
+        dataset = tf.data.Dataset.range(*epochs).flat_map(one_epoch)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches * max(0, epochs[1] - epochs[0])))
+    return dataset.prefetch(AUTOTUNE)

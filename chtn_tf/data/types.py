@@ -95,8 +95,18 @@ class SplitData:
         )
 
 
+class _Classes:
+    """``num_classes`` of a labelled collection with ``class_names`` (label ``k`` is ``class_names[k]``)."""
+
+    class_names: list
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
 @dataclasses.dataclass
-class CrossModalDataset:
+class CrossModalDataset(_Classes):
     """A labelled image/text pair collection with train / val / test splits.
 
     Attributes:
@@ -112,10 +122,6 @@ class CrossModalDataset:
     splits: dict
     problems: list = dataclasses.field(default_factory=list)
     root: Optional[str] = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def image_kind(self) -> str:
@@ -134,7 +140,7 @@ class CrossModalDataset:
 
 
 @dataclasses.dataclass
-class ImageFolderDataset:
+class ImageFolderDataset(_Classes):
     """A single-modal labelled image set (the source domain): ``<root>/<class>/<file>``.
 
     Attributes:
@@ -149,7 +155,3 @@ class ImageFolderDataset:
     class_names: list
     problems: list = dataclasses.field(default_factory=list)
     root: Optional[str] = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)

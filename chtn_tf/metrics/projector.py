@@ -22,13 +22,12 @@ for checkpoints in their parent folder.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from chtn_tf.atomic import replace_dir_atomic
+from chtn_tf.atomic import atomic_dir
+from chtn_tf.metrics.retrieval import l2_normalize
 from chtn_tf.metrics.thumbnails import thumbnail
 
 TENSOR_FILE = "embeddings.tsv"
@@ -120,12 +119,9 @@ def write_projector(log_dir: str, *, image_codes, text_codes, labels, class_name
     if n > max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(n, size=max_pairs, replace=False))
     codes = np.concatenate([image_codes[keep], text_codes[keep]])
-    codes = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
+    codes = l2_normalize(codes)
 
-    parent = os.path.dirname(os.path.abspath(log_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(log_dir)}-", dir=parent)
-    try:
+    with atomic_dir(log_dir) as tmp:
         np.savetxt(os.path.join(tmp, TENSOR_FILE), codes, fmt="%.6g", delimiter="\t")
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             f.write("class\tmodality\tid\ttext\n")  # the first column labels the points
@@ -146,18 +142,8 @@ def write_projector(log_dir: str, *, image_codes, text_codes, labels, class_name
             embedding.sprite.single_image_dim.extend([tile, tile])
         projector.visualize_embeddings(tmp, config)
         _write_description(tmp, description)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
-        replace_dir_atomic(tmp, log_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"dir": log_dir, "points": int(len(codes)), "dim": int(codes.shape[1]),
             "sprite": image_paths is not None, "unreadable": unreadable}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_description(folder: str, description: str) -> None:

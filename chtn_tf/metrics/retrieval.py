@@ -16,6 +16,8 @@ ranked once and every metric is read from that ranking.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
@@ -25,14 +27,19 @@ RECALL_LEVELS = np.linspace(0.0, 1.0, 11)
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _normalise(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def l2_normalize(x, dtype=np.float64) -> np.ndarray:
+    """The rows of ``x`` scaled to unit L2 length (a zero row stays zero), as ``dtype``.
+
+    Inner products of normalised codes are the cosine similarities retrieval ranks by; every place that
+    normalises codes (metrics, the projector, export verification, the search index) uses this one.
+    """
+    x = np.asarray(x, dtype=dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), dtype(1e-12))
 
 
 def cosine_similarity(a, b) -> np.ndarray:
     """``[len(a), len(b)]`` cosine similarities of the rows of ``a`` and ``b`` (a zero row scores 0)."""
-    return _normalise(a) @ _normalise(b).T
+    return l2_normalize(a) @ l2_normalize(b).T
 
 
 def _check(query_codes, query_labels, gallery_codes, gallery_labels):
@@ -63,7 +70,7 @@ def ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels, *
     """
     query_codes, query_labels, gallery_codes, gallery_labels = _check(
         query_codes, query_labels, gallery_codes, gallery_labels)
-    queries, gallery = _normalise(query_codes), _normalise(gallery_codes)
+    queries, gallery = l2_normalize(query_codes), l2_normalize(gallery_codes)
     chunk = chunk or max(1, _CHUNK_ELEMENTS // len(gallery))
     for start in range(0, len(queries), chunk):
         similarity = queries[start:start + chunk] @ gallery.T
@@ -100,8 +107,12 @@ def _average_precision_at_r(relevance) -> np.ndarray:
     return np.where(r > 0, (precision * within).sum(axis=1) / np.maximum(r, 1), 0.0)
 
 
-def _pr_points(relevance, recall_levels):
-    """``(interpolated, raw)`` precision ``[q', levels]`` of the queries with at least one relevant item."""
+def _precision_at(relevance, k: int) -> np.ndarray:
+    return relevance[:, :k].mean(axis=1)
+
+
+def _pr_points(relevance, recall_levels) -> np.ndarray:
+    """``[q', 2, levels]``: interpolated and raw precision of the queries with at least one relevant item."""
     relevance = relevance[relevance.any(axis=1)]
     hits = np.cumsum(relevance, axis=1)
     precision = hits / np.arange(1, relevance.shape[1] + 1)
@@ -110,31 +121,45 @@ def _pr_points(relevance, recall_levels):
     interpolated = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
     rows = np.arange(len(relevance))
     first = np.stack([np.argmax(recall >= level - 1e-12, axis=1) for level in recall_levels], axis=1)
-    return interpolated[rows[:, None], first], precision[rows[:, None], first]
+    return np.stack([interpolated[rows[:, None], first], precision[rows[:, None], first]], axis=1)
+
+
+def _per_query(query_codes, query_labels, gallery_codes, gallery_labels, measures: dict) -> dict:
+    """``{name: per-query values}`` of each ``measures[name](ranked relevance chunk)``, from one ranking pass."""
+    parts = {name: [] for name in measures}
+    for relevance in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels):
+        for name, measure in measures.items():
+            parts[name].append(measure(relevance))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _valid_ks(ks, gallery_size: int) -> list:
+    return [int(k) for k in ks if 1 <= k <= gallery_size]
+
+
+def _curve(points: np.ndarray) -> dict:
+    """Mean interpolated and raw precision over the queries' ``_pr_points`` (zeros when no query has any)."""
+    mean = points.mean(axis=0) if len(points) else np.zeros(points.shape[1:])
+    return {"interpolated": [float(p) for p in mean[0]], "raw": [float(p) for p in mean[1]]}
 
 
 def mean_average_precision(query_codes, query_labels, gallery_codes, gallery_labels, *, k: int | None = None) -> float:
     """MAP@all (``k=None``) or MAP@k of retrieving the gallery for each query (see module conventions)."""
-    aps = [average_precision_at(rel, k=k)
-           for rel in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels)]
-    return float(np.concatenate(aps).mean())
+    measure = {"ap": lambda relevance: average_precision_at(relevance, k=k)}
+    return float(_per_query(query_codes, query_labels, gallery_codes, gallery_labels, measure)["ap"].mean())
 
 
 def map_at_r(query_codes, query_labels, gallery_codes, gallery_labels) -> float:
     """MAP@R: for each query, (1/R) Σ_{j≤R} P@j·rel(j), R = number of relevant gallery items."""
-    aps = [_average_precision_at_r(rel)
-           for rel in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels)]
-    return float(np.concatenate(aps).mean())
+    measure = {"ap": _average_precision_at_r}
+    return float(_per_query(query_codes, query_labels, gallery_codes, gallery_labels, measure)["ap"].mean())
 
 
 def precision_at_k(query_codes, query_labels, gallery_codes, gallery_labels, *, ks=DEFAULT_KS) -> dict:
     """``{k: mean precision of the top k}`` for each k no larger than the gallery (larger k are left out)."""
-    ks = [int(k) for k in ks if 1 <= k <= len(gallery_codes)]
-    sums = dict.fromkeys(ks, 0.0)
-    for relevance in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels):
-        for k in ks:
-            sums[k] += relevance[:, :k].mean(axis=1).sum()
-    return {k: float(v / len(query_codes)) for k, v in sums.items()}
+    measures = {k: functools.partial(_precision_at, k=k) for k in _valid_ks(ks, len(gallery_codes))}
+    values = _per_query(query_codes, query_labels, gallery_codes, gallery_labels, measures)
+    return {k: float(v.mean()) for k, v in values.items()}
 
 
 def precision_recall_curve(query_codes, query_labels, gallery_codes, gallery_labels,
@@ -146,41 +171,27 @@ def precision_recall_curve(query_codes, query_labels, gallery_codes, gallery_lab
     whose recall reaches the level.
     """
     recall_levels = np.asarray(recall_levels, dtype=np.float64)
-    interpolated, raw, n = np.zeros(len(recall_levels)), np.zeros(len(recall_levels)), 0
-    for relevance in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels):
-        chunk_interpolated, chunk_raw = _pr_points(relevance, recall_levels)
-        interpolated += chunk_interpolated.sum(axis=0)
-        raw += chunk_raw.sum(axis=0)
-        n += len(chunk_raw)
-    n = max(n, 1)
-    return {"recall": recall_levels.tolist(), "interpolated": (interpolated / n).tolist(), "raw": (raw / n).tolist()}
+    measure = {"pr": functools.partial(_pr_points, recall_levels=recall_levels)}
+    points = _per_query(query_codes, query_labels, gallery_codes, gallery_labels, measure)["pr"]
+    return {"recall": recall_levels.tolist(), **_curve(points)}
 
 
 def _direction(query_codes, query_labels, gallery_codes, gallery_labels, ks, map_ks, recall_levels) -> dict:
-    """Every metric of one retrieval direction from a single ranking pass."""
-    ks = [int(k) for k in ks if 1 <= k <= len(gallery_codes)]
-    aps, aps_r, aps_k = [], [], {int(k): [] for k in map_ks}
-    p_at_k = dict.fromkeys(ks, 0.0)
-    interpolated, raw, n_pr = np.zeros(len(recall_levels)), np.zeros(len(recall_levels)), 0
-    for relevance in ranked_relevance(query_codes, query_labels, gallery_codes, gallery_labels):
-        aps.append(average_precision_at(relevance))
-        aps_r.append(_average_precision_at_r(relevance))
-        for k in aps_k:
-            aps_k[k].append(average_precision_at(relevance, k=k))
-        for k in ks:
-            p_at_k[k] += relevance[:, :k].mean(axis=1).sum()
-        chunk_interpolated, chunk_raw = _pr_points(relevance, recall_levels)
-        interpolated += chunk_interpolated.sum(axis=0)
-        raw += chunk_raw.sum(axis=0)
-        n_pr += len(chunk_raw)
-    n_queries, n_pr = len(query_codes), max(n_pr, 1)
+    """Every metric of one retrieval direction, the public functions' measures from a single ranking pass."""
+    ks = _valid_ks(ks, len(gallery_codes))
+    measures = {"map": average_precision_at, "map_at_r": _average_precision_at_r,
+                "pr": functools.partial(_pr_points, recall_levels=recall_levels)}
+    measures.update({("map_at_k", int(k)): functools.partial(average_precision_at, k=int(k)) for k in map_ks})
+    measures.update({("precision_at_k", k): functools.partial(_precision_at, k=k) for k in ks})
+    values = _per_query(query_codes, query_labels, gallery_codes, gallery_labels, measures)
+    curve = _curve(values["pr"])
     return {
-        "map": float(np.concatenate(aps).mean()),
-        "map_at_r": float(np.concatenate(aps_r).mean()),
-        "map_at_k": {str(k): float(np.concatenate(v).mean()) for k, v in aps_k.items()},
-        "precision_at_k": {str(k): float(v / n_queries) for k, v in p_at_k.items()},
-        "pr_interpolated": [float(p) for p in interpolated / n_pr],
-        "pr_raw": [float(p) for p in raw / n_pr],
+        "map": float(values["map"].mean()),
+        "map_at_r": float(values["map_at_r"].mean()),
+        "map_at_k": {str(k): float(values[("map_at_k", int(k))].mean()) for k in map_ks},
+        "precision_at_k": {str(k): float(values[("precision_at_k", k)].mean()) for k in ks},
+        "pr_interpolated": curve["interpolated"],
+        "pr_raw": curve["raw"],
     }
 
 

@@ -1,9 +1,10 @@
 """The Cross-modal Hybrid Transfer Network as a Keras 3 model with the hybrid objective in ``train_step``.
 
 Image inputs are feature vectors: backbone features of raw images (computed once and cached while the
-backbone is frozen) or precomputed features such as Wikipedia's SIFT. Text inputs are raw strings,
-vectorised in the graph. :meth:`CHTNModel.image_encoder` and :meth:`CHTNModel.text_encoder` are functional
-models that map one modality to the common representation; they share the trained layers.
+backbone is frozen) or precomputed features such as Wikipedia's SIFT. Text inputs are the vectoriser's
+bag-of-words rows in training (a run vectorises its texts once) and raw strings in the text encoder, which
+vectorises them in the graph. :meth:`CHTNModel.image_encoder` and :meth:`CHTNModel.text_encoder` are
+functional models that map one modality to the common representation; they share the trained layers.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ LOSS_TERMS = ("source_ce", "image_ce", "text_ce", "mmd_fc6", "mmd_fc7", "pair_fc
 class CHTNModel(keras.Model):
     """CHTN: source image, target image and text branches tied by MMD and pair losses, and a shared head.
 
-    Batches are dicts ``{"target": {"image": float[b, d], "text": string[b], "label": int[b]},
+    Batches are dicts ``{"target": {"image": float[b, d], "bag_of_words": float[b, vocabulary], "label": int[b]},
     "source": {"image": float[b, d], "label": int[b]}}``; ``"source"`` is absent when the run has no
-    source domain (or the "no source transfer" ablation).
+    source domain (or the "no source transfer" ablation). ``bag_of_words`` holds the text vectoriser's rows of
+    the pairs' texts, dense or a ``tf.SparseTensor`` (a run vectorises its texts once:
+    :func:`chtn_tf.model.text.vectorize_texts`); raw ``"text": string[b]`` instead is vectorised in the step.
 
     Args:
         config: the experiment config (network shape and loss weights are read from it).
@@ -138,7 +141,7 @@ class CHTNModel(keras.Model):
         target = batch["target"]
         labels = tf.cast(target["label"], tf.int32)
         image_fc6, image_fc7 = self.image_branch(target["image"], training=training)
-        text_fc6, text_fc7 = self.text_branch(self.text_vectorizer(target["text"]), training=training)
+        text_fc6, text_fc7 = self.text_branch(self._bag_of_words(target), training=training)
         _, image_logits = self.image_head(image_fc7, training=training)
         _, text_logits = self.text_head(text_fc7, training=training)
         zero = tf.constant(0.0)
@@ -160,6 +163,13 @@ class CHTNModel(keras.Model):
             terms["mmd_fc7"] = chtn_losses.gaussian_mmd(source_fc7, image_fc7, **kernel)
         return terms
 
+    def _bag_of_words(self, target: dict):
+        if "bag_of_words" not in target:
+            return self.text_vectorizer(target["text"])
+        # Dense from here: TensorFlow's sparse-dense matmul (and its gradient) is slower on CPU than the dense
+        # one at a few percent non-zeros (benchmarks/RESULTS.md, "Speed").
+        return keras.ops.convert_to_tensor(target["bag_of_words"], sparse=False)
+
     def total_loss(self, terms: dict):
         """The weighted sum of the objective, in one place (see :class:`~chtn_tf.model.config.LossConfig`)."""
         w = self.config.loss
@@ -179,8 +189,24 @@ class CHTNModel(keras.Model):
             terms = cross_replica.replica_shares(self.loss_terms(batch, training=True), batch)
             loss = self.total_loss(terms)
         gradients = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+        self._apply_gradients(gradients)
         return self._track(*cross_replica.global_values(loss, terms))
+
+    def _apply_gradients(self, gradients) -> None:
+        """``optimizer.apply``, compiled by XLA in a single-replica run.
+
+        The update is a dozen element-wise passes over every weight (AdamW: moments, decay, EMA); XLA fuses
+        them, which makes the step about a third faster (benchmarks/RESULTS.md, "Speed"). Under a
+        ``tf.distribute`` strategy the optimiser all-reduces the gradients itself, which XLA cannot compile.
+        """
+        if tf.distribute.has_strategy():
+            self.optimizer.apply(gradients, self.trainable_variables)
+        else:
+            self._apply_gradients_xla(gradients)
+
+    @tf.function(jit_compile=True)
+    def _apply_gradients_xla(self, gradients):
+        self.optimizer.apply(gradients, self.trainable_variables)
 
     def test_step(self, batch):
         terms = cross_replica.replica_shares(self.loss_terms(batch, training=False), batch)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from typing import Optional
+
+from chtn_tf.atomic import write_json_atomic
+from chtn_tf.data.registry import registered
 
 REPRESENTATIONS = ("fc10", "fc9")
 TEXT_ANALYZERS = ("auto", "word", "char")
@@ -61,8 +63,8 @@ class DataConfig:
     """Which data a run reads.
 
     Attributes:
-        dataset: registered dataset name (``wikipedia``, ``webnews``, ``pascal``, ``nuswide10k``), or None
-            when ``manifest`` is given.
+        dataset: a registered dataset name (:func:`chtn_tf.data.registry.dataset_names`), or None when
+            ``manifest`` is given.
         manifest: path of a user CSV manifest ``image,text,label[,split]``.
         data_dir: data root; None: ``CHTN_DATA_DIR``, then the user cache folder.
         source: source domain for transfer: ``imagenette`` (under the data root), ``none``, or a folder path.
@@ -229,11 +231,7 @@ class ExperimentConfig:
 
     def to_json(self, path: str) -> None:
         """Writes the config atomically as JSON."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str) -> "ExperimentConfig":
@@ -282,23 +280,13 @@ _SECTION_TYPES = {
 }
 
 
-# Per-dataset defaults. Everything not listed keeps the released model's value.
-# Narrower, regularised layers for the small datasets: on 2 CPU cores the paper's 4096-wide layers train
-# ~10x slower and overfit a 2,000-pair training set within a few epochs.
-_SMALL_DATA = {"model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024), "model.dropout": 0.5}
-_DATASET_OVERRIDES = {
-    "wikipedia": {**_SMALL_DATA, "train.epochs": 40},
-    # Chosen by validation MAP (never test) among SGD/Adam, vocabulary 3k/10k, fc9/fc10, 30/60 epochs:
-    # Chinese character uni+bi-grams need a larger vocabulary than the paper's 3,000 English words.
-    "webnews": {**_SMALL_DATA, "train.epochs": 30, "model.text_vocab_size": 10000, "optimizer.name": "adam",
-                "optimizer.learning_rate": 1e-4, "optimizer.weight_decay": 1e-4},
-    "pascal": {**_SMALL_DATA, "train.epochs": 40},
-    "nuswide10k": {"model.branch_widths": (2048, 2048), "model.shared_widths": (2048, 2048), "model.dropout": 0.5},
-}
-
-
 def dataset_config(name: Optional[str]) -> ExperimentConfig:
-    """The registered default config of a dataset (the released model's values plus dataset specifics)."""
+    """The default config of a run on a registered dataset: the released model's values plus the dataset's own
+    settings (:data:`chtn_tf.data.registry.DATASETS`); ``None`` (a manifest): the released model's values.
+
+    Raises:
+        DatasetError: ``name`` is not a registered dataset.
+    """
     config = ExperimentConfig()
     config.data.dataset = name
-    return config.override(_DATASET_OVERRIDES.get(name or "", {}))
+    return config.override(registered(name).defaults) if name else config

@@ -13,6 +13,7 @@ import unicodedata
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from chtn_tf.atomic import write_json_atomic
 from chtn_tf.model.config import ModelConfig
@@ -36,7 +37,7 @@ def resolve_analyzer(config: ModelConfig, train_texts) -> str:
     return "char" if cjk > len(sample) / 2 else "word"
 
 
-def _vectorizer_kwargs(analyzer: str, config: ModelConfig) -> dict:
+def _vectorizer_kwargs(analyzer: str) -> dict:
     if analyzer == "char":
         # Chinese has no spaces: split into characters; bigrams carry most words.
         return dict(standardize="lower_and_strip_punctuation", split="character", ngrams=(1, 2))
@@ -50,10 +51,27 @@ def build_text_vectorizer(config: ModelConfig, train_texts, *, name: str = "text
         max_tokens=config.text_vocab_size,
         output_mode=config.text_weighting,
         name=name,
-        **_vectorizer_kwargs(analyzer, config),
+        **_vectorizer_kwargs(analyzer),
     )
     layer.adapt(np.asarray(list(train_texts), dtype=object), batch_size=256)
     return layer
+
+
+def vectorize_texts(layer: keras.layers.TextVectorization, texts, *, batch_size: int = 1024) -> tf.SparseTensor:
+    """The vectoriser's bag-of-words rows of ``texts``, as one sparse ``[len(texts), vocabulary size]`` matrix.
+
+    A run's texts are vectorised once, with this, and its training batches gather their rows (see
+    :func:`chtn_tf.data.pipeline.target_batches`): the vectoriser's string ops stay out of the training step.
+    Each row is what ``layer`` gives the raw text in the exported encoder; the matrix keeps only its
+    non-zero entries (a few percent of a 10,000-term vocabulary).
+    """
+    texts = list(texts)
+    width = int(layer.vocabulary_size())
+    chunks = [tf.sparse.from_dense(layer(tf.constant(texts[i:i + batch_size], dtype=tf.string)))
+              for i in range(0, len(texts), batch_size)]
+    if not chunks:
+        return tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], tf.float32), [0, width])
+    return tf.sparse.concat(0, chunks) if len(chunks) > 1 else chunks[0]
 
 
 def save_text_vectorizer(layer: keras.layers.TextVectorization, path: str) -> None:

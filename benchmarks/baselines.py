@@ -1,4 +1,5 @@
-"""Reference methods for cross-modal retrieval, computed on the same inputs as CHTN (numpy / scikit-learn).
+"""Reference methods for cross-modal retrieval, computed on the same inputs as CHTN (numpy / scikit-learn),
+for the quality benchmark (``benchmarks/quality.py``).
 
 - :func:`text_features_tfidf`: TF-IDF text features (word terms for English, character n-grams for Chinese).
 - :func:`semantic_matching`: per-modality logistic regression; each item is represented by its class
@@ -58,10 +59,6 @@ def text_features_tfidf(train_texts, *other_texts, analyzer: str = "word", ngram
     if dense:
         matrices = [m.toarray().astype(np.float32) for m in matrices]
     return tuple(matrices)
-
-
-# The name the benchmarks call it by.
-text_tfidf = text_features_tfidf
 
 
 def _as_matrix(features):
