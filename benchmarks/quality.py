@@ -1,6 +1,7 @@
 """Quality benchmark: test MAP@all of CHTN, its ablations and two baselines, mean ± std over seeds.
 
     CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--datasets wikipedia webnews]
+    CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/quality.py --small [--draws 0 1 2 3 4] [--seeds 0]
 
 Every method sees the same inputs in the same run: the dataset's image features (Wikipedia: the shipped
 SIFT; Web News: the cached EfficientNet-Lite0 features of the raw images) and the raw texts. Writes
@@ -37,6 +38,7 @@ VARIANTS = {
     "CHTN, no shared layers": {"model.shared_layers": False},
 }
 QUALITY_JSON = os.path.join(HERE, "results", "quality.json")
+QUALITY_SMALL_JSON = os.path.join(HERE, "results", "quality_small.json")
 PUBLISHED = {"wikipedia": [("SCM (published, Rasiwasia et al. 2010)", 0.277, 0.226)]}
 
 
@@ -177,18 +179,87 @@ def write_report(report: dict, started: float) -> None:
     render_report(report)
 
 
+def run_small(args, report: dict, started: float) -> int:
+    """``--small``: CHTN with a new collection's defaults (what ``training.fit --manifest`` uses) against both
+    baselines on the small-collection test bed (:mod:`benchmarks.testbed`); mean ± std over draws (each draw's
+    CHTN score is the mean over ``--seeds``)."""
+    from benchmarks.testbed import SMALL_COLLECTIONS, draw_collection
+    from training.inputs import prepare_inputs
+
+    parents, report["collections"] = {}, {}
+    for spec in SMALL_COLLECTIONS:
+        if spec.parent not in parents:
+            parents[spec.parent] = prepare_inputs(dataset_config(spec.parent), progress=True)
+        runs = {"CHTN (defaults for a new collection)": [], "Semantic matching (logistic regression)": [], "CCA": []}
+        for draw in args.draws:
+            inputs = draw_collection(parents[spec.parent], spec, draw)
+            for name, scores in run_baselines(inputs)[0].items():
+                runs[name].append({**scores, "draw": draw})
+            seeds = [run_chtn(dataset_config(None), inputs, seed, {}) for seed in args.seeds]
+            mean = {k: float(np.mean([r[k] for r in seeds])) for k in ("map_i2t", "map_t2i", "map_avg")}
+            runs["CHTN (defaults for a new collection)"].append({**mean, "draw": draw, "seeds": seeds})
+            print(f"[{spec.name} #{draw}] " + "  ".join(f"{name.split(' (')[0]} {r[-1]['map_avg']:.4f}"
+                                                        for name, r in runs.items()), flush=True)
+        report["collections"][spec.name] = {
+            "runs": runs, "n_train": len(inputs.dataset.splits["train"]), "n_test": len(inputs.dataset.splits["test"]),
+            "summary": {name: summarise([{k: r[k] for k in ("map_i2t", "map_t2i", "map_avg")} for r in rows])
+                        for name, rows in runs.items()}}
+        report["seconds"] = round(time.time() - started, 1)
+        write_json_atomic(QUALITY_SMALL_JSON, report)
+        render_small_report(report)
+    return 0
+
+
+def render_small_report(report: dict) -> None:
+    """The small-collection section of RESULTS.md from a ``--small`` report."""
+    lines = ["| collection | train / test pairs | method | I→T | T→I | mean | draws won vs SM / CCA |",
+             "|---|---|---|---|---|---|---|"]
+    for name, entry in report["collections"].items():
+        runs = entry["runs"]
+        chtn = runs["CHTN (defaults for a new collection)"]
+        for method, scores in entry["summary"].items():
+            cells = [f"{scores[k][0]:.3f} ± {scores[k][1]:.3f}" for k in ("map_i2t", "map_t2i", "map_avg")]
+            won = ""
+            if method.startswith("CHTN"):
+                won = " / ".join(str(sum(c["map_avg"] > b["map_avg"] for c, b in zip(chtn, runs[other])))
+                                 + f" of {len(chtn)}" for other in ("Semantic matching (logistic regression)", "CCA"))
+            lines.append(f"| {name} | {entry['n_train']} / {entry['n_test']} | {method} | " + " | ".join(cells)
+                         + f" | {won} |")
+    body = "\n\n".join([
+        "## Quality on small unseen collections",
+        f"Command: `{report['command'].strip()}` — {report['date']}, {report['machine']}, "
+        f"{report['seconds'] / 60:.0f} min. Collections drawn by `benchmarks/testbed.py` (7 classes × 50 pairs, "
+        f"split 70/10/20 per draw; draws {report['draws']}); CHTN with the defaults `training.fit --manifest` uses "
+        f"(seeds {report['seeds']} averaged per draw); mean ± std over draws.",
+        "\n".join(lines)])
+    update_results_md("quality-small", body)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["wikipedia", "webnews"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="training seeds (default 0 1 2; with --small 0: the spread there is over draws)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--small", action="store_true",
+                        help="the small-collection test bed instead (benchmarks/testbed.py): new-collection "
+                             "defaults vs the baselines, --draws draws, --seeds seeds each")
+    parser.add_argument("--draws", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--report-only", action="store_true",
-                        help="only redraw the plot and the RESULTS.md table from results/quality.json")
+                        help="only redraw the plot and the RESULTS.md table from results/quality.json "
+                             "(with --small: from results/quality_small.json)")
     args = parser.parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.small else [0, 1, 2])
     if args.report_only:
-        with open(QUALITY_JSON, encoding="utf-8") as f:
-            render_report(json.load(f))
+        with open(QUALITY_SMALL_JSON if args.small else QUALITY_JSON, encoding="utf-8") as f:
+            (render_small_report if args.small else render_report)(json.load(f))
         return 0
+    if args.small:
+        started = time.time()
+        report = {"date": datetime.date.today().isoformat(), "seeds": args.seeds, "draws": args.draws,
+                  "machine": machine(),
+                  "command": command_line("quality.py", sys.argv[1:] if argv is None else argv)}
+        return run_small(args, report, started)
 
     from training.inputs import prepare_inputs
 

@@ -11,7 +11,8 @@ import pytest
 from chtn_tf.data import DatasetError, load_dataset, load_image_folder, resolve_data_dir
 from chtn_tf.data import inspect as inspect_cli
 from chtn_tf.data import pascal
-from chtn_tf.data.splits import stratified_split
+from chtn_tf.data.splits import carve, stratified_split
+from chtn_tf.data.types import SplitData
 from tests.fixtures_data import (make_listed_dataset, make_nuswide_tree, make_pascal_tree, write_image,
                                  write_truncated_jpeg)
 
@@ -39,6 +40,38 @@ def test_stratified_split_uneven_classes_and_seed():
 
 
 # ---------------------------------------------------------------------------------------------- locations
+
+
+def _split(labels, images=None):
+    labels = np.asarray(labels, np.int32)
+    features = None if images is not None else np.zeros((len(labels), 2), np.float32)
+    return SplitData(ids=[f"p{i}" for i in range(len(labels))], texts=["t"] * len(labels), labels=labels,
+                     image_paths=images, image_features=features)
+
+
+def test_carve_tops_up_each_class_to_the_minimum():
+    labels = [0] * 60 + [1] * 12 + [2] * 4  # fraction 0.1: 6 / 1 / 0 (largest remainder may give 2 / 0)
+    rest, val = carve(_split(labels), 0.1, seed=3, min_per_class=5)
+    counts = np.bincount(val.labels, minlength=3).tolist()
+    assert counts == [6, 4, 1]  # class 0 keeps its 6; 1: min(5, 12 // 3) = 4; 2: min(5, 4 // 3) = 1
+    assert sorted(rest.ids + val.ids, key=lambda i: int(i[1:])) == [f"p{i}" for i in range(len(labels))]
+    assert not set(rest.ids) & set(val.ids)
+    again = carve(_split(labels), 0.1, seed=3, min_per_class=5)[1]
+    assert again.ids == val.ids  # seeded
+    plain = carve(_split(labels), 0.1, seed=3, min_per_class=0)[1]
+    assert np.bincount(plain.labels, minlength=3).tolist() == [6, 1, 1]  # the fraction alone (hand-counted)
+    assert set(plain.ids) <= set(val.ids)  # topping up only adds
+
+
+def test_carve_minimum_moves_whole_image_groups():
+    # Class 1: 9 pairs on 3 images (3 texts each): a third is 3, so one whole image goes to val.
+    labels = [0] * 30 + [1] * 9
+    images = [f"a{i}.jpg" for i in range(30)] + [f"b{i // 3}.jpg" for i in range(9)]
+    rest, val = carve(_split(labels, images), 0.05, seed=0, min_per_class=5)
+    val_images = {p for p, y in zip(val.image_paths, val.labels) if y == 1}
+    rest_images = {p for p, y in zip(rest.image_paths, rest.labels) if y == 1}
+    assert len(val_images) >= 1 and not val_images & rest_images
+    assert int(np.sum(val.labels == 1)) == 3 * len(val_images)
 
 
 def test_resolve_data_dir_order(tmp_path, monkeypatch):
@@ -266,8 +299,9 @@ def test_nuswide_with_val_list(tmp_path):
 def test_nuswide_val_carved_when_absent(tmp_path):
     listed = make_nuswide_tree(tmp_path, per_class=(10, 0, 2), with_val=False)
     data = load_dataset("nuswide10k", data_dir=str(tmp_path), val_fraction=0.2)
-    assert len(data.splits["val"]) == 6 and len(data.splits["train"]) == 24
-    assert np.bincount(data.splits["val"].labels).tolist() == [2, 2, 2]
+    # 0.2 of 10 pairs a class is 2; the minimum per class (5, at most a third of the class's 10) makes it 3.
+    assert len(data.splits["val"]) == 9 and len(data.splits["train"]) == 21
+    assert np.bincount(data.splits["val"].labels).tolist() == [3, 3, 3]
     assert set(data.splits["train"].ids) | set(data.splits["val"].ids) == {i for i, _ in listed["train"]}
 
 
@@ -298,7 +332,9 @@ def test_manifest_without_split_is_stratified(tmp_path):
     rows = [f"img/{k}.jpg,text {k},{k % 5 + 1}" for k in range(100)]
     data = load_dataset(manifest=str(_manifest(tmp_path, rows, header="image,text,label")), seed=2)
     assert data.class_names == ["1", "2", "3", "4", "5"]
-    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [81, 9, 10]
+    # test: 2 of each class's 20; val: 0.1 of the other 90 gives 1-2 a class, topped up to 5 a class.
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [65, 25, 10]
+    assert np.bincount(data.splits["val"].labels).tolist() == [5] * 5
     assert np.bincount(data.splits["test"].labels).tolist() == [2] * 5
     k = data.splits["test"].ids.index(data.splits["test"].ids[0])
     line = int(data.splits["test"].ids[k].split(":")[1])

@@ -71,13 +71,42 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], *, seed:
     return [np.sort(np.concatenate(part)) if part else np.zeros(0, np.int64) for part in parts]
 
 
-def carve(split: SplitData, fraction: float, *, seed: int) -> tuple:
+# A validation split picks the checkpoint: with 1-2 pairs of a class its MAP is noise. Carving takes at least
+# this many pairs of every class (never more than a third of the class) even when the fraction gives fewer.
+VAL_MIN_PER_CLASS = 5
+
+
+def carve(split: SplitData, fraction: float, *, seed: int, min_per_class: int = VAL_MIN_PER_CLASS) -> tuple:
     """``(rest, carved)``: a stratified, seeded ``fraction`` of ``split`` taken out (e.g. validation from train).
 
-    Pairs that share an image file stay on the same side.
+    Every class gives at least ``min(min_per_class, size // 3)`` pairs to the carved part: a class that the
+    fraction leaves short is topped up with more of its pairs, drawn by ``seed``. Pairs that share an image file
+    stay on the same side.
     """
     rest, carved = stratified_split(split.labels, [1.0 - fraction, fraction], seed=seed, groups=split.image_paths)
+    if min_per_class > 0 and len(split):
+        carved = _top_up(split, rest, carved, min_per_class, seed)
+        rest = np.setdiff1d(np.arange(len(split)), carved)
     return split.subset(rest), split.subset(carved)
+
+
+def _top_up(split: SplitData, rest: np.ndarray, carved: np.ndarray, min_per_class: int, seed: int) -> np.ndarray:
+    """``carved`` plus whole image groups of ``rest`` until each class has its minimum (see :func:`carve`)."""
+    labels = np.asarray(split.labels)
+    groups = (np.asarray(split.image_paths, dtype=object).astype(str) if split.image_paths is not None
+              else np.arange(len(labels)).astype(str))
+    rng = np.random.default_rng([seed, 1])
+    carved = list(carved)
+    for cls in np.unique(labels):
+        want = min(min_per_class, int(np.sum(labels == cls)) // 3)
+        candidates = [i for i in rest if labels[i] == cls]
+        candidates = [candidates[k] for k in rng.permutation(len(candidates))]
+        for i in candidates:
+            if int(np.sum(labels[carved] == cls)) >= want:
+                break
+            if i not in carved:
+                carved.extend(int(j) for j in np.flatnonzero(groups == groups[i]) if j not in carved)
+    return np.sort(np.asarray(carved, dtype=np.int64))
 
 
 def assemble(name: str, class_names: list, splits: dict, *, problems: list, root, seed: int,

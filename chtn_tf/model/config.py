@@ -13,11 +13,14 @@ import typing
 from typing import Optional
 
 from chtn_tf.atomic import write_json_atomic
-from chtn_tf.data.registry import registered
+from chtn_tf.data.registry import NEW_COLLECTION_DEFAULTS, registered
 
 REPRESENTATIONS = ("fc10", "fc9")
 TEXT_ANALYZERS = ("auto", "word", "char")
 TEXT_WEIGHTINGS = ("tf_idf", "count")
+TEXT_INPUT_NORMS = ("batchnorm", "l2")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
 
 # Allowed ranges of numeric fields: (low, high, low included); high is excluded, None = unbounded.
 FIELD_RANGES = {
@@ -27,7 +30,8 @@ FIELD_RANGES = {
     "loss.mmd": (0.0, None, True), "loss.pair": (0.0, None, True), "loss.mmd_kernel_num": (1, None, True),
     "loss.mmd_kernel_mul": (0.0, None, False),
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
-    "optimizer.weight_decay": (0.0, None, True),
+    "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
+    "model.input_dropout": (0.0, 1.0, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True),
 }
@@ -89,8 +93,9 @@ class ModelConfig:
     """The network's shape.
 
     Attributes:
-        branch_widths: widths of fc6 and fc7 in each branch (source image, target image, text).
-        shared_widths: widths of the shared correlation layers fc8 and fc9.
+        branch_widths: widths of fc6 and fc7 in each branch (source image, target image, text); 0: chosen from
+            the number of training pairs (:func:`chtn_tf.model.sizing.width_for`) when the data is read.
+        shared_widths: widths of the shared correlation layers fc8 and fc9 (0: as above).
         text_vocab_size: bag-of-words size (most frequent training terms).
         text_weighting: ``tf_idf`` or ``count``.
         text_analyzer: ``word`` (lower-cased words), ``char`` (character uni+bi-grams, for Chinese),
@@ -100,6 +105,9 @@ class ModelConfig:
         dropout: dropout rate after each branch fc layer (0 in the released model).
         shared_layers: False = the "no shared layers" ablation (separate fc8-fc10 heads per modality).
         image_input_bn: BatchNorm on the image feature vector before fc6 (see ``build_image_branch``).
+        text_input_norm: how the bag of words enters fc6: ``batchnorm`` (released) or ``l2`` (log-scaled
+            term weights, L2-normalised per text: no batch statistics, which are noise on small batches).
+        input_dropout: dropout rate on both branches' inputs.
     """
 
     branch_widths: tuple = (4096, 4096)
@@ -119,6 +127,11 @@ class ModelConfig:
         self.shared_widths = tuple(int(w) for w in self.shared_widths)
         if len(self.branch_widths) != 2 or len(self.shared_widths) != 2:
             raise ValueError("branch_widths and shared_widths each need two widths (fc6, fc7) / (fc8, fc9)")
+        if min(*self.branch_widths, *self.shared_widths) < 0:
+            raise ValueError(f"layer widths must be positive (or 0: chosen from the number of training pairs), got "
+                             f"branch_widths={list(self.branch_widths)}, shared_widths={list(self.shared_widths)}")
+        if self.text_input_norm not in TEXT_INPUT_NORMS:
+            raise ValueError(f"text_input_norm must be one of {TEXT_INPUT_NORMS}, got {self.text_input_norm!r}")
         if self.representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
         if self.text_analyzer not in TEXT_ANALYZERS:
@@ -164,6 +177,7 @@ class OptimizerConfig:
         momentum: SGD momentum.
         weight_decay: decoupled weight decay applied by the optimiser.
         schedule: ``constant`` (released) or ``cosine`` (decays to 0 over the run's steps).
+        ema_momentum: > 0: evaluate and save an exponential moving average of the weights.
     """
 
     name: str = "sgd"
@@ -172,6 +186,12 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     schedule: str = "constant"
     ema_momentum: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 @dataclasses.dataclass
@@ -281,12 +301,14 @@ _SECTION_TYPES = {
 
 
 def dataset_config(name: Optional[str]) -> ExperimentConfig:
-    """The default config of a run on a registered dataset: the released model's values plus the dataset's own
-    settings (:data:`chtn_tf.data.registry.DATASETS`); ``None`` (a manifest): the released model's values.
+    """The default config of a run: the released model's values plus the dataset's own settings
+    (:data:`chtn_tf.data.registry.DATASETS`); ``None`` (a manifest): plus the settings for a new collection
+    (:data:`chtn_tf.data.registry.NEW_COLLECTION_DEFAULTS`, widths chosen from the data by
+    :func:`chtn_tf.model.sizing.size_to_data` once the training pairs are known).
 
     Raises:
         DatasetError: ``name`` is not a registered dataset.
     """
     config = ExperimentConfig()
     config.data.dataset = name
-    return config.override(registered(name).defaults) if name else config
+    return config.override(registered(name).defaults if name else NEW_COLLECTION_DEFAULTS)

@@ -1,0 +1,39 @@
+"""Widths chosen from the data: the rule by hand, the new-collection defaults, and a resolved config is kept."""
+
+import pytest
+
+from chtn_tf.model.config import ExperimentConfig, dataset_config
+from chtn_tf.model.sizing import has_auto_widths, size_to_data, width_for
+
+
+@pytest.mark.parametrize("pairs, width", [(1, 128), (246, 128), (362, 128), (363, 256), (724, 256), (725, 512),
+                                          (1448, 512), (1449, 1024), (2400, 1024), (10 ** 6, 1024)])
+def test_width_is_half_the_training_pairs_as_a_power_of_two_within_bounds(pairs, width):
+    # n / 2 on the log scale: 363 / 2 = 181.5 > 2 ** 7.5 = 181.02, so it rounds up to 256.
+    assert width_for(pairs) == width
+
+
+def test_a_manifest_gets_the_new_collection_defaults_and_a_dataset_its_own():
+    manifest = dataset_config(None)
+    assert has_auto_widths(manifest)
+    assert (manifest.optimizer.name, manifest.optimizer.schedule, manifest.train.batch_size) == ("adam", "cosine", 32)
+    assert manifest.model.text_input_norm == "l2" and manifest.model.dropout == 0.5
+    assert not has_auto_widths(dataset_config("webnews"))
+    assert ExperimentConfig().model.branch_widths == (4096, 4096)  # the released model's values stay the base
+
+
+def test_size_to_data_fills_only_the_zero_widths_and_is_idempotent():
+    config = dataset_config(None).override({"model.shared_widths": (0, 64)})
+    sized = size_to_data(config, 300)
+    assert sized.model.branch_widths == (128, 128) and sized.model.shared_widths == (128, 64)
+    assert size_to_data(sized, 5000).to_dict() == sized.to_dict()  # resolved: the data no longer matters
+    assert config.model.branch_widths == (0, 0)  # the given config is not changed
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("model.branch_widths", (-1, 8), "positive"), ("model.text_input_norm", "layer", "text_input_norm"),
+    ("optimizer.schedule", "step", "schedule"), ("optimizer.name", "rmsprop", "optimizer name"),
+    ("model.input_dropout", 1.0, "below 1.0"), ("optimizer.ema_momentum", -0.1, "at least 0.0")])
+def test_bad_values_of_the_new_fields_are_refused_with_the_field_named(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        ExperimentConfig().override({field: value})
