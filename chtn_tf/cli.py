@@ -71,6 +71,12 @@ def add_data_args(parser: argparse.ArgumentParser, *, require_data: bool = False
                         help="keep pairs whose image file is also in an earlier split (default: drop them)")
 
 
+def add_max_dropped_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-dropped``: the usability threshold of :func:`chtn_tf.data.checks.check_usable` (inspect, fit, tune)."""
+    parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
+                        help="refuse the data when more than this fraction of its pairs were dropped (default 0.05)")
+
+
 def config_from_args(args: argparse.Namespace, fields: dict | None = None) -> ExperimentConfig:
     """The config a command line asks for: the ``--config`` file or the dataset's defaults, then the flags.
 

@@ -14,7 +14,7 @@ from chtn_tf.data.checks import check_usable
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig
 from tests.fixtures_data import make_listed_dataset, photo_rows, real_photos, write_manifest
-from training import fit
+from training import fit, tune
 from training.run import format_results
 
 
@@ -208,6 +208,10 @@ def test_a_class_only_in_test_is_refused_by_inspect_and_fit_alike(tmp_path, phot
     status, _, err = run_fit(["--manifest", path, "--out", str(tmp_path / "run")], capsys)
     assert status == 2 and reason in err
     assert not (tmp_path / "run").exists()
+    status = tune.main(["--manifest", path, "--out", str(tmp_path / "search"), "--max-trials", "1", "--epochs", "1"])
+    _, err = capsys.readouterr()
+    assert status == 2 and reason in err and "Traceback" not in err
+    assert not (tmp_path / "search").exists()
 
 
 def test_too_many_dropped_pairs_are_refused_by_inspect_and_fit_alike(tmp_path, photos, capsys):

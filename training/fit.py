@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from chtn_tf.cli import ABLATIONS, add_data_args, config_from_args, number
+from chtn_tf.cli import ABLATIONS, add_data_args, add_max_dropped_arg, config_from_args, number
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig
 from training.strategy import CHOICES as STRATEGIES
@@ -44,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "mirrored with several GPUs, else default); --batch-size is the global batch")
     parser.add_argument("--no-resume", action="store_true",
                         help="start over, replacing the run in --out (default: continue it)")
-    parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
-                        help="refuse the data when more than this fraction of its pairs were dropped (default 0.05)")
+    add_max_dropped_arg(parser)
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch instead of progress bars (the default when output is not a terminal)")
     return parser

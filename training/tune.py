@@ -24,7 +24,7 @@ import os
 import sys
 
 from chtn_tf.atomic import write_json_atomic
-from chtn_tf.cli import add_data_args, config_from_args
+from chtn_tf.cli import add_data_args, add_max_dropped_arg, config_from_args
 from chtn_tf.data.types import DatasetError
 from chtn_tf.model.config import ExperimentConfig
 
@@ -36,6 +36,7 @@ SETTINGS = "search.json"  # what a resumed search must match
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__.splitlines()[0])
     add_data_args(parser)
+    add_max_dropped_arg(parser)
     parser.add_argument("--out", required=True, help="search folder; re-running continues the search in it")
     parser.add_argument("--max-trials", type=int, default=10, help="total trials in the search, earlier ones included")
     parser.add_argument("--tuner", choices=TUNERS, default="random")
@@ -277,9 +278,18 @@ def main(argv=None) -> int:
         # First (a strategy must exist before TensorFlow runs anything); TF_CONFIG plays no part in a search.
         distribution = select_strategy(args.strategy, use_tf_config=False)
         base = config_from_args(args)  # the base config every trial starts from
+        from chtn_tf.data import read_dataset
+        from chtn_tf.data.checks import check_usable
         from training.inputs import prepare_inputs
 
-        inputs = prepare_inputs(base)
+        dataset = read_dataset(base)
+        verdict = check_usable(dataset, max_dropped=args.max_dropped)  # the verdict training.fit gives
+        for warning in verdict.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if verdict.errors:
+            raise ValueError(f"{dataset.name} is not usable: " + "; ".join(verdict.errors)
+                             + " (`python -m chtn_tf.data.inspect` lists every problem)")
+        inputs = prepare_inputs(base, dataset=dataset)
     except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

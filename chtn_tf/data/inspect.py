@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from chtn_tf.cli import add_data_args, config_from_args, number
+from chtn_tf.cli import add_data_args, add_max_dropped_arg, config_from_args, number
 from chtn_tf.data.checks import check_usable
 from chtn_tf.data.registry import read_dataset
 from chtn_tf.data.types import SPLITS, CrossModalDataset, DatasetError
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
     add_data_args(parser, require_data=True)
     parser.add_argument("--val-fraction", type=number(float, low=0.0, high=1.0),
                         help="fraction of train carved out as val (default: the config's, 0.1)")
-    parser.add_argument("--max-dropped", type=number(float, low=0.0, high=1.0), default=0.05,
-                        help="largest fraction of dropped pairs still called usable (default 0.05)")
+    add_max_dropped_arg(parser)
     args = parser.parse_args(argv)
     try:
         # The data training.fit reads for the same flags.
