@@ -32,7 +32,7 @@ def test_size_to_data_fills_only_the_zero_widths_and_is_idempotent():
 
 @pytest.mark.parametrize("field, value, words", [
     ("model.branch_widths", (-1, 8), "positive"), ("model.text_input_norm", "layer", "text_input_norm"),
-    ("optimizer.schedule", "step", "schedule"), ("optimizer.name", "rmsprop", "optimizer name"),
+    ("optimizer.schedule", "step", "optimizer.schedule"), ("optimizer.name", "rmsprop", "optimizer.name"),
     ("model.input_dropout", 1.0, "below 1.0"), ("optimizer.ema_momentum", -0.1, "at least 0.0")])
 def test_bad_values_of_the_new_fields_are_refused_with_the_field_named(field, value, words):
     with pytest.raises(ValueError, match=words):

@@ -18,9 +18,13 @@ from chtn_tf.data.registry import NEW_COLLECTION_DEFAULTS, registered
 REPRESENTATIONS = ("fc10", "fc9")
 TEXT_ANALYZERS = ("auto", "word", "char")
 TEXT_WEIGHTINGS = ("tf_idf", "count")
-TEXT_INPUT_NORMS = ("batchnorm", "l2")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine")
+
+# Allowed values of the fields that name a choice.
+FIELD_CHOICES = {
+    "model.representation": REPRESENTATIONS, "model.text_analyzer": TEXT_ANALYZERS,
+    "model.text_weighting": TEXT_WEIGHTINGS, "model.text_input_norm": ("batchnorm", "l2"),
+    "optimizer.name": ("sgd", "adam"), "optimizer.schedule": ("constant", "cosine"),
+}
 
 # Allowed ranges of numeric fields: (low, high, low included); high is excluded, None = unbounded.
 FIELD_RANGES = {
@@ -35,6 +39,15 @@ FIELD_RANGES = {
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True),
 }
+
+
+def check_choices(section_obj, section: str) -> None:
+    """Raises ValueError when a field of ``section_obj`` listed in :data:`FIELD_CHOICES` has another value."""
+    for field, allowed in FIELD_CHOICES.items():
+        owner, _, name = field.partition(".")
+        value = getattr(section_obj, name) if owner == section else allowed[0]
+        if value not in allowed:
+            raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
 
 
 def check_field(section_cls, section: str, name: str, value) -> None:
@@ -130,14 +143,7 @@ class ModelConfig:
         if min(*self.branch_widths, *self.shared_widths) < 0:
             raise ValueError(f"layer widths must be positive (or 0: chosen from the number of training pairs), got "
                              f"branch_widths={list(self.branch_widths)}, shared_widths={list(self.shared_widths)}")
-        if self.text_input_norm not in TEXT_INPUT_NORMS:
-            raise ValueError(f"text_input_norm must be one of {TEXT_INPUT_NORMS}, got {self.text_input_norm!r}")
-        if self.representation not in REPRESENTATIONS:
-            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
-        if self.text_analyzer not in TEXT_ANALYZERS:
-            raise ValueError(f"text_analyzer must be one of {TEXT_ANALYZERS}, got {self.text_analyzer!r}")
-        if self.text_weighting not in TEXT_WEIGHTINGS:
-            raise ValueError(f"text_weighting must be one of {TEXT_WEIGHTINGS}, got {self.text_weighting!r}")
+        check_choices(self, "model")
 
 
 @dataclasses.dataclass
@@ -188,10 +194,7 @@ class OptimizerConfig:
     ema_momentum: float = 0.0
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {self.name!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_choices(self, "optimizer")
 
 
 @dataclasses.dataclass
