@@ -125,8 +125,11 @@ def test_representation_is_softmax_probabilities_by_default():
     assert small_model(config).encode_texts(TEXTS).shape == (6, 8)
 
 
-def test_save_load_gives_the_same_codes(tmp_path):
-    model = small_model(small_config())
+@pytest.mark.parametrize("members", [1, 3])
+def test_save_load_gives_the_same_codes(tmp_path, members):
+    config = small_config()
+    config.model.members = members
+    model = small_model(config)
     for _ in range(3):
         model.train_step(batch())
     run_dir = str(tmp_path)
@@ -154,3 +157,45 @@ def test_text_vectorizer_file_rebuilds_the_same_layer(tmp_path, analyzer, weight
     assert loaded.get_vocabulary() == layer.get_vocabulary()
     queries = tf.constant(texts + ["unseen words", "", "apple 大桥 \n"])
     np.testing.assert_allclose(loaded(queries).numpy(), layer(queries).numpy(), rtol=1e-6)
+
+
+def _copy_member(ensemble, single, k: int, members: int) -> None:
+    """Sets ``single``'s weights to member ``k`` of ``ensemble`` (layers matched by name)."""
+    import keras
+
+    for part in ("image_branch", "text_branch", "image_head", "source_branch", "source_classifier"):
+        for layer in getattr(ensemble, part).layers:
+            weights = layer.get_weights()
+            if not weights:
+                continue
+            if isinstance(layer, keras.layers.EinsumDense):  # kernel [members, in, out], bias [members, out]
+                weights = [w[k] for w in weights]
+            elif layer.name.startswith("fc"):  # a member BatchNorm over the flattened [members * width]
+                weights = [w.reshape(members, -1)[k] for w in weights]
+            getattr(single, part).get_layer(layer.name).set_weights(weights)  # input BatchNorm: shared as is
+
+
+def test_members_are_independent_networks_whose_probabilities_are_averaged():
+    members = 2
+    config = small_config()
+    config.model.members = members
+    ensemble = small_model(config, seed=5)
+    data = batch(seed=3)
+    for _ in range(3):  # moving statistics and weights away from their initial values
+        ensemble.train_step(data)
+    singles = []
+    for k in range(members):
+        single = small_model(small_config(), seed=k)
+        _copy_member(ensemble, single, k, members)
+        singles.append(single)
+    features = np.random.default_rng(2).normal(size=(5, 7))
+    expected = np.mean([s.encode_images(features) for s in singles], axis=0)
+    np.testing.assert_allclose(ensemble.encode_images(features), expected, rtol=1e-5, atol=1e-6)
+    expected = np.mean([s.encode_texts(TEXTS) for s in singles], axis=0)
+    np.testing.assert_allclose(ensemble.encode_texts(TEXTS), expected, rtol=1e-5, atol=1e-6)
+    terms = ensemble.loss_terms(data, training=False)
+    for name in LOSS_TERMS:  # every term of the objective is the members' mean
+        expected = np.mean([float(s.loss_terms(data, training=False)[name]) for s in singles])
+        assert float(terms[name]) == pytest.approx(expected, rel=1e-4, abs=1e-6), name
+    config.model.representation = "fc9"
+    assert small_model(config).encode_texts(TEXTS).shape == (6, 8 * members)

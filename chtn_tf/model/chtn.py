@@ -64,26 +64,28 @@ class CHTNModel(keras.Model):
         # Layers.
         self.text_vectorizer = text_vectorizer
         vocab_size = int(text_vectorizer.vocabulary_size())
+        members = model_cfg.members
         self.image_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths, suffix="i",
                                                dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
-                                               input_dropout=model_cfg.input_dropout, name="image_branch")
+                                               input_dropout=model_cfg.input_dropout, members=members,
+                                               name="image_branch")
         self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout,
                                             input_norm=model_cfg.text_input_norm,
-                                            input_dropout=model_cfg.input_dropout)
+                                            input_dropout=model_cfg.input_dropout, members=members)
         fc7_width = model_cfg.branch_widths[1]
+        head = dict(widths=model_cfg.shared_widths, members=members)
         if model_cfg.shared_layers:
-            self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths)
+            self.image_head = build_correlation_head(fc7_width, self.num_classes, **head)
             self.text_head = self.image_head
         else:
-            self.image_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths,
-                                                     name="image_head")
-            self.text_head = build_correlation_head(fc7_width, self.num_classes, widths=model_cfg.shared_widths,
-                                                    name="text_head")
+            self.image_head = build_correlation_head(fc7_width, self.num_classes, **head, name="image_head")
+            self.text_head = build_correlation_head(fc7_width, self.num_classes, **head, name="text_head")
         if self.use_source:
             self.source_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths,
                                                     suffix="s", dropout=model_cfg.dropout,
-                                                    input_bn=model_cfg.image_input_bn, name="source_branch")
-            self.source_classifier = build_source_classifier(fc7_width, self.num_source_classes)
+                                                    input_bn=model_cfg.image_input_bn, members=members,
+                                                    name="source_branch")
+            self.source_classifier = build_source_classifier(fc7_width, self.num_source_classes, members=members)
         else:
             self.source_branch = None
             self.source_classifier = None
@@ -99,9 +101,14 @@ class CHTNModel(keras.Model):
 
     # ------------------------------------------------------------------ encoders
     def _representation(self, fc9, logits):
+        members = self.config.model.members
         if self.config.model.representation == "fc9":
-            return fc9
-        return keras.layers.Softmax(name="fc10_probabilities")(logits)
+            # Members side by side: [b, members * width].
+            return fc9 if members == 1 else keras.layers.Reshape((members * fc9.shape[-1],), name="fc9_members")(fc9)
+        probabilities = keras.layers.Softmax(name="fc10_probabilities")(logits)
+        if members == 1:
+            return probabilities
+        return keras.layers.GlobalAveragePooling1D(name="fc10_member_mean")(probabilities)  # mean over members
 
     def _build_image_encoder(self) -> keras.Model:
         features = keras.Input(shape=(self.image_feature_dim,), name="image_features")
@@ -146,11 +153,14 @@ class CHTNModel(keras.Model):
         _, text_logits = self.text_head(text_fc7, training=training)
         zero = tf.constant(0.0)
         smoothing = self.config.loss.label_smoothing
+        members = self.config.model.members
         terms = {
-            "image_ce": chtn_losses.softmax_cross_entropy(labels, image_logits, label_smoothing=smoothing),
-            "text_ce": chtn_losses.softmax_cross_entropy(labels, text_logits, label_smoothing=smoothing),
-            "pair_fc6": chtn_losses.pair_loss(image_fc6, text_fc6),
-            "pair_fc7": chtn_losses.pair_loss(image_fc7, text_fc7),
+            "image_ce": chtn_losses.softmax_cross_entropy(*_member_rows(labels, image_logits, members),
+                                                          label_smoothing=smoothing),
+            "text_ce": chtn_losses.softmax_cross_entropy(*_member_rows(labels, text_logits, members),
+                                                         label_smoothing=smoothing),
+            "pair_fc6": chtn_losses.pair_loss(_rows(image_fc6), _rows(text_fc6)),
+            "pair_fc7": chtn_losses.pair_loss(_rows(image_fc7), _rows(text_fc7)),
             "source_ce": zero, "mmd_fc6": zero, "mmd_fc7": zero,
         }
         if self.use_source and "source" in batch:
@@ -158,9 +168,10 @@ class CHTNModel(keras.Model):
             source_fc6, source_fc7 = self.source_branch(source["image"], training=training)
             source_logits = self.source_classifier(source_fc7, training=training)
             kernel = dict(kernel_mul=self.config.loss.mmd_kernel_mul, kernel_num=self.config.loss.mmd_kernel_num)
-            terms["source_ce"] = chtn_losses.softmax_cross_entropy(tf.cast(source["label"], tf.int32), source_logits)
-            terms["mmd_fc6"] = chtn_losses.gaussian_mmd(source_fc6, image_fc6, **kernel)
-            terms["mmd_fc7"] = chtn_losses.gaussian_mmd(source_fc7, image_fc7, **kernel)
+            terms["source_ce"] = chtn_losses.softmax_cross_entropy(
+                *_member_rows(tf.cast(source["label"], tf.int32), source_logits, members))
+            terms["mmd_fc6"] = _member_mean(chtn_losses.gaussian_mmd, source_fc6, image_fc6, members, **kernel)
+            terms["mmd_fc7"] = _member_mean(chtn_losses.gaussian_mmd, source_fc7, image_fc7, members, **kernel)
         return terms
 
     def _bag_of_words(self, target: dict):
@@ -241,7 +252,9 @@ class CHTNModel(keras.Model):
 
     @property
     def code_dim(self) -> int:
-        return self.num_classes if self.config.model.representation == "fc10" else self.config.model.shared_widths[1]
+        if self.config.model.representation == "fc10":
+            return self.num_classes
+        return self.config.model.shared_widths[1] * self.config.model.members
 
     @tf.function(reduce_retracing=True)
     def _encode_images_fn(self, features):
@@ -250,6 +263,24 @@ class CHTNModel(keras.Model):
     @tf.function(reduce_retracing=True)
     def _encode_texts_fn(self, texts):
         return self.text_encoder(texts, training=False)
+
+
+def _rows(x):
+    """``[b, members, d]`` -> ``[b * members, d]`` (each member's row of a pair is a row); ``[b, d]`` unchanged.
+    A term that averages over rows then averages over the members too."""
+    return x if len(x.shape) == 2 else tf.reshape(x, [-1, x.shape[-1]])
+
+
+def _member_rows(labels, logits, members: int) -> tuple:
+    """Labels and logits with the members as rows (see :func:`_rows`): the cross-entropy is the members' mean."""
+    return (labels, logits) if members == 1 else (tf.repeat(labels, members), _rows(logits))
+
+
+def _member_mean(term, source, target, members: int, **kwargs):
+    """A batch-statistic term (MMD) computed per member and averaged: each member has its own feature space."""
+    if members == 1:
+        return term(source, target, **kwargs)
+    return tf.add_n([term(source[:, k], target[:, k], **kwargs) for k in range(members)]) / members
 
 
 def make_optimizer(config, *, total_steps: int = 0) -> keras.optimizers.Optimizer:

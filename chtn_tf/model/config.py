@@ -35,7 +35,7 @@ FIELD_RANGES = {
     "loss.mmd_kernel_mul": (0.0, None, False),
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
-    "model.input_dropout": (0.0, 1.0, True), "loss.label_smoothing": (0.0, 1.0, True),
+    "model.input_dropout": (0.0, 1.0, True), "model.members": (1, None, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True),
 }
@@ -121,6 +121,10 @@ class ModelConfig:
         text_input_norm: how the bag of words enters fc6: ``batchnorm`` (released) or ``l2`` (log-scaled
             term weights, L2-normalised per text: no batch statistics, which are noise on small batches).
         input_dropout: dropout rate on both branches' inputs.
+        members: independently initialised copies of every layer trained side by side in one model (a packed
+            ensemble: each member has its own branches and shared head, its own loss terms, averaged); the
+            common representation averages the members' fc10 probabilities (fc9: concatenates them). On a few
+            hundred pairs one network's probabilities vary much with its initialisation; the average does not.
     """
 
     branch_widths: tuple = (4096, 4096)
@@ -134,6 +138,7 @@ class ModelConfig:
     image_input_bn: bool = True
     text_input_norm: str = "batchnorm"
     input_dropout: float = 0.0
+    members: int = 1
 
     def __post_init__(self):
         self.branch_widths = tuple(int(w) for w in self.branch_widths)
