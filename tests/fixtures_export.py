@@ -25,10 +25,11 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 WORDS = {"red": "fire tomato apple", "green": "grass forest leaf", "blue": "sea sky water"}
 
 
-def small_config(path) -> str:
+def small_config(path, *, members: int = 1) -> str:
     config = ExperimentConfig()
     config.model.branch_widths = (16, 16)
     config.model.shared_widths = (16, 8)
+    config.model.members = members
     config.train.batch_size = 8
     config.to_json(str(path))
     return str(path)
@@ -68,14 +69,16 @@ def build_feature_run(root) -> dict:
 
 
 def build_image_run(root) -> dict:
-    """``{"root", "run", "serving", "manifest", "backbone", "written"}`` of an image-backbone run trained in ``root``."""
+    """``{"root", "run", "serving", "manifest", "backbone", "written"}`` of an image-backbone run trained in ``root``
+    (two ensemble members, as a manifest's defaults have: the export path of a packed ensemble is tested too)."""
     from training import fit
 
     backbone = write_tiny_hub_module(root / "tiny_backbone")
     manifest = make_manifest(root / "data")
     with mock.patch.dict(os.environ, {"CHTN_CACHE_DIR": str(root / "cache")}):
         assert fit.main(["--manifest", manifest, "--backbone", backbone, "--source", "none", "--config",
-                         small_config(root / "c.json"), "--out", str(root / "run"), "--epochs", "2", "--quiet"]) == 0
+                         small_config(root / "c.json", members=2), "--out", str(root / "run"), "--epochs", "2",
+                         "--quiet"]) == 0
     written = export_run(str(root / "run"), str(root / "serving"))
     return {"root": root, "run": str(root / "run"), "serving": str(root / "serving"), "manifest": manifest,
             "backbone": backbone, "written": written}

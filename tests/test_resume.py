@@ -262,14 +262,14 @@ def test_early_stopping_continues_its_count_after_a_resume():
 
 def test_widths_left_to_the_data_are_chosen_once_written_and_resumed(setup, tmp_path, capsys):
     config = ExperimentConfig.from_json(str(setup["root"] / "small.json"))
-    config.model.branch_widths, config.model.shared_widths = (0, 0), (0, 16)
+    config.model.branch_widths, config.model.shared_widths, config.model.members = (0, 0), (0, 16), 0
     config.to_json(str(tmp_path / "auto.json"))
     argv = [*setup["argv"][:setup["argv"].index("--config")], "--config", str(tmp_path / "auto.json"), "--quiet",
             "--out", str(tmp_path / "run")]
     status, out, _ = run_fit(argv + ["--epochs", "1"], capsys)
     # The fixture's training split is far below 362 pairs: 128 wide (chtn_tf.model.sizing.width_for).
-    assert status == 0 and "branches [128, 128], shared [128, 16]" in out
+    assert status == 0 and "branches [128, 128], shared [128, 16], 5 member(s)" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
-    assert (saved["branch_widths"], saved["shared_widths"]) == ([128, 128], [128, 16])
+    assert (saved["branch_widths"], saved["shared_widths"], saved["members"]) == ([128, 128], [128, 16], 5)
     status, out, err = run_fit(argv + ["--epochs", "2"], capsys)
     assert status == 0 and "Resuming" in out, err

@@ -1,9 +1,9 @@
-"""Widths chosen from the data: the rule by hand, the new-collection defaults, and a resolved config is kept."""
+"""Network size chosen from the data: the rules by hand, the new-collection defaults, a resolved config is kept."""
 
 import pytest
 
 from chtn_tf.model.config import ExperimentConfig, dataset_config
-from chtn_tf.model.sizing import has_auto_widths, size_to_data, width_for
+from chtn_tf.model.sizing import fill_from, has_auto_size, members_for, size_to_data, width_for
 
 
 @pytest.mark.parametrize("pairs, width", [(1, 128), (246, 128), (362, 128), (363, 256), (724, 256), (725, 512),
@@ -15,19 +15,29 @@ def test_width_is_half_the_training_pairs_as_a_power_of_two_within_bounds(pairs,
 
 def test_a_manifest_gets_the_new_collection_defaults_and_a_dataset_its_own():
     manifest = dataset_config(None)
-    assert has_auto_widths(manifest)
+    assert has_auto_size(manifest)
     assert (manifest.optimizer.name, manifest.optimizer.schedule, manifest.train.batch_size) == ("adam", "cosine", 32)
     assert manifest.model.text_input_norm == "l2" and manifest.model.dropout == 0.5
-    assert not has_auto_widths(dataset_config("webnews"))
+    assert not has_auto_size(dataset_config("webnews"))
     assert ExperimentConfig().model.branch_widths == (4096, 4096)  # the released model's values stay the base
 
 
-def test_size_to_data_fills_only_the_zero_widths_and_is_idempotent():
+@pytest.mark.parametrize("width, members", [(64, 5), (128, 5), (256, 2), (320, 2), (512, 1), (1024, 1)])
+def test_members_keep_about_640_units_a_layer_and_at_most_five(width, members):
+    assert members_for(width) == members
+
+
+def test_size_to_data_fills_only_the_zeros_and_is_idempotent():
     config = dataset_config(None).override({"model.shared_widths": (0, 64)})
     sized = size_to_data(config, 300)
     assert sized.model.branch_widths == (128, 128) and sized.model.shared_widths == (128, 64)
+    assert sized.model.members == 5
     assert size_to_data(sized, 5000).to_dict() == sized.to_dict()  # resolved: the data no longer matters
-    assert config.model.branch_widths == (0, 0)  # the given config is not changed
+    assert config.model.branch_widths == (0, 0) and config.model.members == 0  # the given config is not changed
+    assert size_to_data(dataset_config(None), 1000).model.members == 1  # 512 wide
+    given = dataset_config(None).override({"model.members": 3})
+    assert size_to_data(given, 300).model.members == 3  # a member count given is kept
+    assert fill_from(config, sized).to_dict() == sized.to_dict()  # a resumed run takes the sizes it chose
 
 
 @pytest.mark.parametrize("field, value, words", [

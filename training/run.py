@@ -23,7 +23,7 @@ from chtn_tf.model.chtn import CHTNModel, make_optimizer
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.persist import (CONFIG_FILE, VECTORIZER_FILE, read_model_info, restore_best,
                                    save_model_definition)
-from chtn_tf.model.sizing import AUTO_WIDTH, has_auto_widths, size_to_data
+from chtn_tf.model.sizing import fill_from, has_auto_size, size_to_data
 from chtn_tf.model.text import build_text_vectorizer, load_text_vectorizer, vectorize_texts
 from training import checkpoint
 from training.callbacks import ResumableEarlyStopping, RunCheckpointer, ValidationMAP, stopped_early
@@ -51,7 +51,7 @@ def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vector
                 strategy=None) -> CHTNModel:
     """The model factory shared by ``training.fit`` and ``training.tune``: built and compiled.
 
-    Widths left to the data (0) are chosen from the number of training pairs (:func:`size_to_data`).
+    Widths and members left to the data (0) are chosen from the number of training pairs (:func:`size_to_data`).
     ``text_vectorizer``: a saved run's vectoriser (resume); by default one is adapted on the training texts
     (outside the strategy: it is data, the same on every worker). The model, its optimiser and metrics are
     created under ``strategy.scope()`` (default: the current strategy).
@@ -162,11 +162,7 @@ def check_config(run_dir: str, config: ExperimentConfig) -> dict:
         raise RunConflict(f"{run_dir} holds a run written by an older chtn version, which cannot be continued; "
                           f"use a new --out folder (or --no-resume to replace that run)")
     saved = ExperimentConfig.from_json(os.path.join(run_dir, CONFIG_FILE))
-    if has_auto_widths(config):  # widths left to the data are the ones the saved run chose (check_data: same data)
-        config = config.override({
-            f"model.{field}": tuple(old if new == AUTO_WIDTH else new
-                                    for old, new in zip(getattr(saved.model, field), getattr(config.model, field)))
-            for field in ("branch_widths", "shared_widths")})
+    config = fill_from(config, saved)  # sizes left to the data are the saved run's (check_data: the same data)
     old = _flatten(json.loads(json.dumps(saved.to_dict())))
     new = _flatten(json.loads(json.dumps(config.to_dict())))
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
@@ -265,10 +261,11 @@ def train_and_evaluate(config: ExperimentConfig, inputs: PreparedInputs, run_dir
 
 def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer, distribution) -> dict:
     started = time.time()
-    if has_auto_widths(config):
+    if has_auto_size(config):
         config = size_to_data(config, len(inputs.dataset.splits["train"]))
-        print(f"Layer widths for {len(inputs.dataset.splits['train'])} training pairs: branches "
-              f"{list(config.model.branch_widths)}, shared {list(config.model.shared_widths)}", flush=True)
+        print(f"Network size for {len(inputs.dataset.splits['train'])} training pairs: branches "
+              f"{list(config.model.branch_widths)}, shared {list(config.model.shared_widths)}, "
+              f"{config.model.members} member(s)", flush=True)
     changes = {}
     if resume:
         changes = check_config(run_dir, config)

@@ -50,12 +50,12 @@ DATASETS = {
 
 # A user's own collection (--manifest): sized from its training pairs and regularised for a few hundred of them.
 # Chosen on the small-collection test bed's validation splits (benchmarks/testbed.py), judged on its test
-# splits and the baselines (benchmarks/RESULTS.md, small collections): widths from the data
-# (chtn_tf.model.sizing), dropout 0.5, Adam with a cosine schedule that converges within the run, small batches
+# splits and the baselines (benchmarks/RESULTS.md, small collections): widths and ensemble members from the
+# data (chtn_tf.model.sizing), dropout 0.5, Adam with a cosine schedule that converges within the run, small batches
 # (246 pairs at batch 64 are 4 steps an epoch), and the text input L2-normalised instead of batch-normalised
 # (batch statistics of 32 sparse rows are noise).
 NEW_COLLECTION_DEFAULTS = {
-    "model.branch_widths": (0, 0), "model.shared_widths": (0, 0), "model.dropout": 0.5,
+    "model.branch_widths": (0, 0), "model.shared_widths": (0, 0), "model.members": 0, "model.dropout": 0.5,
     "model.text_input_norm": "l2", "optimizer.name": "adam", "optimizer.learning_rate": 1e-3,
     "optimizer.schedule": "cosine", "train.batch_size": 32, "train.epochs": 100,
 }

@@ -35,7 +35,7 @@ FIELD_RANGES = {
     "loss.mmd_kernel_mul": (0.0, None, False),
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
-    "model.input_dropout": (0.0, 1.0, True), "model.members": (1, None, True), "loss.label_smoothing": (0.0, 1.0, True),
+    "model.input_dropout": (0.0, 1.0, True), "model.members": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True),
 }
@@ -125,6 +125,7 @@ class ModelConfig:
             ensemble: each member has its own branches and shared head, its own loss terms, averaged); the
             common representation averages the members' fc10 probabilities (fc9: concatenates them). On a few
             hundred pairs one network's probabilities vary much with its initialisation; the average does not.
+            0: chosen from the layer width (:func:`chtn_tf.model.sizing.members_for`) when the data is read.
     """
 
     branch_widths: tuple = (4096, 4096)
