@@ -114,30 +114,6 @@ def test_batches_keep_each_pair_together_in_every_column():
     assert len(seen) == 2 * 4 * 5 and sorted(seen[:20]) == sorted(set(seen[:20]))
 
 
-def test_one_cached_view_per_pair_drawn_by_seed_and_epoch():
-    n, views = 12, 4
-    # image[i, v] = [i, v]: a batch row tells which pair and which view it holds.
-    image = np.stack(np.meshgrid(np.arange(n), np.arange(views), indexing="ij"), axis=-1).astype(np.float32)
-    target = {"image": image, "label": np.arange(n) % 3}
-
-    def drawn(seed):
-        out = {}
-        for epoch in range(3):
-            batches = target_batches(target, batch_size=4, seed=seed, shuffle=True, epochs=(epoch, epoch + 1))
-            for batch in batches:
-                rows = batch["target"]["image"].numpy().astype(int)
-                assert batch["target"]["image"].shape == (4, 2)  # one view, not all of them
-                assert batch["target"]["label"].numpy().tolist() == (rows[:, 0] % 3).tolist()
-                out.update({(epoch, int(i)): int(v) for i, v in rows})
-        return out
-
-    first = drawn(seed=5)
-    assert len(first) == 3 * n and set(first.values()) <= set(range(views))
-    assert drawn(seed=5) == first  # the same (seed, epoch): the same views, so a resumed run sees the same data
-    by_epoch = [[first[(e, i)] for i in range(n)] for e in range(3)]
-    assert by_epoch[0] != by_epoch[1] and len(set(first.values())) > 1  # views change from epoch to epoch
-
-
 def test_the_last_batch_is_dropped_only_when_training():
     target, _ = _numbered(10, 1)
     train = [len(b["target"]["label"]) for b in target_batches(target, batch_size=4, seed=0, shuffle=True)]

@@ -44,7 +44,7 @@ class PreparedInputs:
 
     @property
     def feature_dim(self) -> int:
-        return int(next(iter(self.features.values())).shape[-1])  # [n, d], or [n, views, d] for train
+        return int(next(iter(self.features.values())).shape[1])
 
     @property
     def num_source_classes(self) -> int:

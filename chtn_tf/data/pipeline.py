@@ -122,8 +122,7 @@ def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: i
     Args:
         target: the pairs of one split, ``{column: values}`` with one row per pair: numpy arrays, lists of
             strings, or a ``tf.SparseTensor`` (e.g. the bag-of-words rows of the texts, vectorised once),
-            each batch of which is a ``tf.SparseTensor`` too; ``image`` may hold several views per pair
-            (``[n, views, d]``: one drawn per pair and epoch). ``CHTNModel`` reads ``image``, ``label`` and
+            each batch of which is a ``tf.SparseTensor`` too. ``CHTNModel`` reads ``image``, ``label`` and
             ``bag_of_words`` (or raw ``text``).
         source: the source domain, ``{"image", "label"}`` with one row per image, or None.
         batch_size: pairs per batch (and source images per batch).
@@ -147,24 +146,11 @@ def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: i
         m = len(next(iter(source.values())))
     drop_remainder = shuffle and n > batch_size
 
-    # Several cached views of each image ([n, views, d], training only): each epoch draws one view per pair,
-    # depending only on (seed, epoch).
-    views = int(target["image"].shape[1]) if "image" in target and target["image"].shape.rank == 3 else 0
-
     def one_epoch(epoch):
         epoch = tf.cast(epoch, tf.int64)
         order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
         pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-        view_of = (tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed + 2, tf.int64), epoch]),
-                                               maxval=views, dtype=tf.int64) if views else None)
-
-        def batch_of(index):
-            batch = _gather(target, index)
-            if views:
-                batch["image"] = tf.gather(batch["image"], tf.gather(view_of, index), batch_dims=1)
-            return batch
-
-        pairs = pairs.map(batch_of)
+        pairs = pairs.map(lambda index: _gather(target, index))
         if source is None:
             return pairs.map(lambda t: {"target": t})
         source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch
