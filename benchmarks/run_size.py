@@ -138,9 +138,9 @@ def section(report: dict) -> str:
             f"{(export['chtn_image'] + export['chtn_text']) / MB:.0f} MB ({export['chtn_image'] / MB:.0f} + "
             f"{export['chtn_text'] / MB:.0f}) | {case['map_avg']:.3f} after {case['epochs_run']} epochs |")
     lines += ["", "Sizes do not grow with epochs (each checkpoint replaces the previous one). The manifest case "
-              "uses the defaults for a new collection (widths and ensemble members chosen from its training pairs: "
-              "5 members 128 wide here, `chtn_tf/model/sizing.py`); with the released model's 4096-wide layers the same manifest "
-              "took 1194 MB."]
+              "uses the defaults for a new collection (widths and ensemble members chosen from its training "
+              "pairs: 5 members 128 wide here, `chtn_tf/model/sizing.py`); with the released model's 4096-wide "
+              "layers the same manifest took 1194 MB."]
     return "\n".join(lines)
 
 
