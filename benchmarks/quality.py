@@ -31,12 +31,19 @@ from chtn_tf.metrics.retrieval import evaluate_retrieval  # noqa: E402
 from chtn_tf.model.config import dataset_config  # noqa: E402
 from chtn_tf.model.text import is_cjk_text  # noqa: E402
 
+# Each variant changes the dataset's default config; "image" variants change the image input, and are run only on
+# datasets with raw images (they need a backbone).
 VARIANTS = {
     "CHTN": {},
     "CHTN, no source transfer": {"loss.source_transfer": False},
     "CHTN, no pair constraint": {"loss.pair": 0.0},
     "CHTN, no shared layers": {"model.shared_layers": False},
+    "CHTN, frozen backbone top": {"model.image_top_blocks": 0},
+    "CHTN as of 2026-12-01 (frozen Lite0)": {"model.image_top_blocks": 0, "train.backbone": "efficientnet-lite0"},
+    "CHTN, Lite0 top trained from ImageNet (1 block + head)": {"model.image_top_blocks": 1,
+                                                               "train.backbone": "efficientnet-lite0"},
 }
+IMAGE_FIELDS = ("model.image_top_blocks", "train.backbone")
 QUALITY_JSON = os.path.join(HERE, "results", "quality.json")
 QUALITY_SMALL_JSON = os.path.join(HERE, "results", "quality_small.json")
 PUBLISHED = {"wikipedia": [("SCM (published, Rasiwasia et al. 2010)", 0.277, 0.226)]}
@@ -48,7 +55,11 @@ def run_chtn(config, inputs, seed: int, overrides: dict) -> dict:
     config = config.override({"train.seed": seed, **overrides})
     with tempfile.TemporaryDirectory(prefix="chtn-bench-") as run_dir:
         results = train_and_evaluate(config, inputs, run_dir, resume=False, verbose=0)
-    return {k: results[k] for k in ("map_i2t", "map_t2i", "map_avg", "val_map_avg", "train_seconds")}
+        with open(os.path.join(run_dir, "history.json"), encoding="utf-8") as f:
+            history = json.load(f)
+    out = {k: results[k] for k in ("map_i2t", "map_t2i", "map_avg", "val_map_avg", "train_seconds")}
+    out["mmd"] = {k: history.get(k, []) for k in ("mmd_fc6", "mmd_fc7")}  # per epoch, for the MMD plot
+    return out
 
 
 def run_baselines(inputs) -> tuple[dict, dict]:
@@ -78,8 +89,9 @@ def _maps(image_codes, text_codes, labels) -> dict:
 
 
 def summarise(runs: list) -> dict:
-    """``[{metric: value}]`` over seeds -> ``{metric: [mean, std]}``."""
-    return {k: [float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))] for k in runs[0]}
+    """``[{metric: value}]`` over seeds -> ``{metric: [mean, std]}`` (numeric entries only)."""
+    return {k: [float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))] for k in runs[0]
+            if isinstance(runs[0][k], (int, float))}
 
 
 def markdown_table(dataset: str, table: dict, counts: dict) -> str:
@@ -136,6 +148,44 @@ def plot(all_tables: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_mmd(report: dict, path: str) -> bool:
+    """The MMD terms over training (mean over seeds) of every CHTN variant that has them, one panel per dataset
+    with raw images; False (nothing drawn) when no run recorded them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {}
+    for dataset, entry in report["datasets"].items():
+        curves = {}
+        for method, runs in entry["runs"].items():
+            series = [r["mmd"] for r in runs if isinstance(r.get("mmd"), dict) and any(r["mmd"].get("mmd_fc6", []))]
+            if series:
+                length = min(len(s["mmd_fc6"]) for s in series)
+                curves[method] = {k: np.mean([s[k][:length] for s in series], axis=0) for k in ("mmd_fc6", "mmd_fc7")}
+        if curves:
+            panels[dataset] = curves
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (dataset, curves) in zip(axes[0], panels.items()):
+        for i, (method, terms) in enumerate(curves.items()):
+            epochs = np.arange(1, len(terms["mmd_fc6"]) + 1)
+            ax.plot(epochs, terms["mmd_fc6"], color=f"C{i}", label=f"{method}: lower layer")
+            ax.plot(epochs, terms["mmd_fc7"], color=f"C{i}", linestyle="--", label=f"{method}: upper layer")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training MMD (source vs target images)")
+        ax.set_title(f"{dataset}: where MMD is taken differs (see text)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def render_report(report: dict) -> None:
     """``quality.png`` and the quality section of RESULTS.md from a report (the content of quality.json)."""
     tables = {name: entry["summary"] for name, entry in report["datasets"].items()}
@@ -162,6 +212,8 @@ def render_report(report: dict) -> None:
         "CHTN runs use each dataset's defaults (`chtn_tf/model/config.py`); ablations change one switch.",
         *sections,
         "![quality](results/quality.png)",
+        *(["![MMD over training](results/mmd.png)"] if plot_mmd(report, os.path.join(HERE, "results", "mmd.png"))
+          else []),
     ])
     update_results_md("quality", body)
 
@@ -174,7 +226,17 @@ def write_report(report: dict, started: float) -> None:
         with open(QUALITY_JSON, encoding="utf-8") as f:
             previous = json.load(f)
         for name, entry in previous.get("datasets", {}).items():
-            report["datasets"].setdefault(name, entry)
+            if name not in report["datasets"]:
+                report["datasets"][name] = entry
+                continue
+            # Variants measured by an earlier run (other --variants, e.g. fewer seeds for a slow one) are kept
+            # when they were measured on the same image input.
+            current = report["datasets"][name]
+            if entry.get("backbone") == current.get("backbone"):
+                for method, runs in entry.get("runs", {}).items():
+                    if runs and not current["runs"].get(method):
+                        current["runs"][method] = runs
+                        current["summary"][method] = summarise(runs)
     write_json_atomic(QUALITY_JSON, report)
     render_report(report)
 
@@ -270,19 +332,37 @@ def main(argv=None) -> int:
     tables = {}
     for dataset in args.datasets:
         config = dataset_config(dataset)
-        inputs = prepare_inputs(config, progress=True)
+        prepared = {}
+
+        def inputs_for(overrides: dict):
+            """Prepared inputs of the image settings a variant uses (each prepared once)."""
+            image = {k: overrides[k] for k in IMAGE_FIELDS if k in overrides}
+            key = json.dumps(image, sort_keys=True)
+            if key not in prepared:
+                prepared[key] = prepare_inputs(config.override(image), progress=True)
+            return prepared[key]
+
+        inputs = inputs_for({})
+        image_data = inputs.backbone.get("name") != "precomputed"
+        # The baselines take the pooled features of the default's backbone (frozen whole).
+        baseline_inputs = inputs_for({"model.image_top_blocks": 0}) if image_data else inputs
         runs = {name: [] for name in args.variants}
         runs.update({"Semantic matching (logistic regression)": [], "CCA": []})
-        baseline_scores, baseline_details = run_baselines(inputs)
+        baseline_scores, baseline_details = run_baselines(baseline_inputs)
         for name, scores in baseline_scores.items():
             print(f"[{dataset}] {name}: test MAP avg {scores['map_avg']:.4f}", flush=True)
             runs[name].append(scores)
         for seed in args.seeds:
             for name in args.variants:
-                if VARIANTS[name].get("loss.source_transfer") is False and inputs.source_features is None:
+                overrides = VARIANTS[name]
+                if overrides.get("loss.source_transfer") is False and inputs.source_features is None:
                     continue  # no source domain here (precomputed features): identical to plain CHTN
+                if any(k in overrides for k in IMAGE_FIELDS) and not image_data:
+                    continue  # precomputed features: no backbone to train or swap
+                if overrides == {"model.image_top_blocks": 0} and not config.model.image_top_blocks:
+                    continue  # the default already keeps the backbone frozen
                 print(f"[{dataset}] seed {seed}: {name}", flush=True)
-                runs[name].append(run_chtn(config, inputs, seed, VARIANTS[name]))
+                runs[name].append(run_chtn(config, inputs_for(overrides), seed, overrides))
                 print(f"    test MAP avg {runs[name][-1]['map_avg']:.4f}", flush=True)
         tables[dataset] = {name: summarise(r) for name, r in runs.items() if r}
         report["datasets"][dataset] = {"runs": runs, "summary": tables[dataset], "backbone": inputs.backbone,

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf.atomic import FolderBusy, folder_lock, write_text_atomic
+from chtn_tf.backbones.split import split_backbone_of
 from chtn_tf.data.pipeline import decode_image
 from chtn_tf.model.persist import load_trained_model
 from export.layout import IMAGE_MODEL, TEXT_MODEL, next_version
@@ -47,7 +48,8 @@ def image_signatures(model, info) -> tuple:
     """``({signature name: (function, input signature)}, objects to track)`` of the image encoder.
 
     ``info`` is the run's ``model_info`` (its ``backbone`` entry says whether the run used precomputed
-    features or a TF-Hub backbone, which is frozen in training and so is loaded from its handle here).
+    features, a TF-Hub backbone, which is frozen in training and so is loaded from its handle here, or an
+    EfficientNet-Lite whose trained top is part of the encoder and whose frozen bottom is rebuilt here).
     """
     backbone_info = info["backbone"]
     encoder = model.image_encoder
@@ -56,10 +58,15 @@ def image_signatures(model, info) -> tuple:
         return {"serving_default": (lambda features: {"embedding": encoder(features, training=False)},
                                     [tf.TensorSpec([None, dim], tf.float32, name="features")])}, []
 
-    from chtn_tf.backbones import HubImageLayer
-
     size = int(backbone_info["image_size"])
-    backbone = HubImageLayer(backbone_info["handle"], trainable=False, name="backbone")
+    split = split_backbone_of(backbone_info)
+    if split is not None:
+        # The frozen bottom, rebuilt from the same ImageNet weights file; the trained top is in the encoder.
+        backbone = split.bottom()
+    else:
+        from chtn_tf.backbones import HubImageLayer
+
+        backbone = HubImageLayer(backbone_info["handle"], trainable=False, name="backbone")
 
     def embed_images(images):
         return {"embedding": encoder(backbone(images, training=False), training=False)}

@@ -22,7 +22,7 @@ TRAINING_FLAGS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size",
     "mmd_weight": "loss.mmd", "pair_weight": "loss.pair", "source_weight": "loss.source_ce",
     "learning_rate": "optimizer.learning_rate", "optimizer": "optimizer.name",
-    "representation": "model.representation",
+    "representation": "model.representation", "image_top_blocks": "model.image_top_blocks",
 }
 
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pair-weight", type=number(float, low=0.0), help="weight of pair_fc6 + pair_fc7")
     parser.add_argument("--source-weight", type=number(float, low=0.0), help="weight of the source cross-entropy")
     parser.add_argument("--representation", choices=("fc10", "fc9"))
+    parser.add_argument("--image-top-blocks", type=number(int, low=0),
+                        help="train the last N MBConv blocks and the head of the EfficientNet-Lite backbone from their "
+                             "ImageNet weights, as the first image layers (0: frozen backbone)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="switch off one part of CHTN")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default auto: multi-worker when TF_CONFIG names several workers, "
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
     dataset = inputs.dataset
     print(f"{dataset.name}: {len(dataset.splits['train'])} train / {len(dataset.splits['val'])} val / "
           f"{len(dataset.splits['test'])} test pairs, {dataset.num_classes} classes; image input: "
-          f"{inputs.backbone['name']} ({inputs.feature_dim}-d); source domain: "
+          f"{inputs.backbone['name']} ({_image_input(inputs)}); source domain: "
           f"{'none' if inputs.source_features is None else f'{len(inputs.source_features)} images, {inputs.num_source_classes} classes'}",
           flush=True)
     import tensorflow as tf
@@ -163,6 +166,14 @@ def print_problems(dataset, *, limit: int = 10) -> None:
         print(f"    {kind}: {len(problems)} ({', '.join(ids[:limit])}{' ...' if len(ids) > limit else ''})")
     for problem in dropped[:3]:
         print(f"    - {problem}")
+
+
+def _image_input(inputs) -> str:
+    top_blocks = inputs.backbone.get("top_blocks")
+    if not top_blocks:
+        return f"{inputs.feature_dim}-d"
+    shape = "x".join(str(d) for d in inputs.backbone["map_shape"])
+    return f"cached {shape} feature maps; its last {top_blocks} block(s) and head train from ImageNet weights"
 
 
 if __name__ == "__main__":

@@ -14,11 +14,19 @@ from typing import Optional
 import numpy as np
 
 from chtn_tf.backbones.extract import extract_dataset, resolve_source
+from chtn_tf.backbones.split import SplitBackbone, split_backbone_of
 from chtn_tf.data import read_dataset, source_domain
-from chtn_tf.data.types import CrossModalDataset, Problem
+from chtn_tf.data.image_folder import imagenet_labels
+from chtn_tf.data.types import CrossModalDataset, DatasetError, Problem
+from chtn_tf.model.chtn import IMAGENET_CLASSES
 from chtn_tf.model.config import ExperimentConfig
 
 log = logging.getLogger("chtn")
+
+# Feature extraction on an empty cache that ``--backbone auto`` may plan for, seconds (on this project's 2-core
+# machine; see chtn_tf.backbones.registry.pick_lite_backbone): the most accurate EfficientNet-Lite that fits is
+# taken. A default Web News run (3,700 images) gets Lite2 and trains in the rest of 15 minutes.
+EXTRACTION_BUDGET_S = 300.0
 
 
 @dataclasses.dataclass
@@ -32,7 +40,11 @@ class PreparedInputs:
         source_labels: int32 ``[m]`` or None.
         source_class_names: list or None.
         backbone: the backbone's description (``{"name", "handle", "image_size", "feature_dim"}``), or
-            ``{"name": "precomputed"}`` when the dataset ships features.
+            ``{"name": "precomputed"}`` when the dataset ships features; with a trainable backbone top
+            (``model.image_top_blocks``) ``{"name", "image_size", "feature_dim", "top_blocks", "map_shape"}``
+            and ``features`` are the frozen bottom's feature maps ``[n, h, w, c]``.
+        source_imagenet_labels: ``source_labels`` are ImageNet-1k class indices (a split backbone's source
+            branch keeps the ImageNet classifier), not indices into ``source_class_names``.
     """
 
     dataset: CrossModalDataset
@@ -41,14 +53,25 @@ class PreparedInputs:
     source_labels: Optional[np.ndarray]
     source_class_names: Optional[list]
     backbone: dict
+    source_imagenet_labels: bool = False
 
     @property
     def feature_dim(self) -> int:
+        """Width of the image features the image branch's dense layers start from."""
+        if self.backbone.get("top_blocks"):
+            return int(self.backbone["feature_dim"])
         return int(next(iter(self.features.values())).shape[1])
 
     @property
     def num_source_classes(self) -> int:
+        if self.source_imagenet_labels:
+            return IMAGENET_CLASSES
         return 0 if self.source_class_names is None else len(self.source_class_names)
+
+    @property
+    def split_backbone(self):
+        """The :class:`~chtn_tf.backbones.split.SplitBackbone` whose bottom made ``features``, or None."""
+        return split_backbone_of(self.backbone)
 
 
 def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: Optional[CrossModalDataset] = None,
@@ -67,17 +90,34 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
     source_spec = resolve_source(config.data.source, dataset, source_transfer=config.loss.source_transfer)
 
     source = None
+    top_blocks = config.model.image_top_blocks
     if dataset.image_kind == "features":
+        if top_blocks:
+            raise DatasetError(f"model.image_top_blocks={top_blocks} trains the top of an image backbone, but "
+                               f"{dataset.name} has only precomputed image features here; set it to 0")
         features = {name: split.image_features for name, split in dataset.splits.items()}
         backbone = {"name": "precomputed", "feature_dim": int(dataset.image_feature_dim)}
+    elif top_blocks:
+        if source_spec is not None:
+            source = source_domain(source_spec, data_dir=config.data.data_dir)
+        split = SplitBackbone(lite_for_top(config.train.backbone, _image_count(dataset, source)),
+                              top_blocks=top_blocks)
+        backbone = {"name": split.arch, "image_size": split.image_size, "feature_dim": split.top_dims["features"],
+                    "top_blocks": top_blocks, "map_shape": list(split.map_shape)}
+        # Every worker of a cluster computes all of them (each through the shared cache).
+        extracted = {name: split.extract(s.image_paths, progress=progress) for name, s in dataset.splits.items()}
+        if source is not None:
+            extracted["source"] = split.extract(source.image_paths, progress=progress)
+        dataset, features = _without_failed_images(dataset, extracted)
     else:
         from chtn_tf.backbones import resolve_backbone
 
-        spec = resolve_backbone(config.train.backbone)
-        backbone = {"name": spec.name, "handle": str(spec.handle), "image_size": int(spec.image_size),
-                    "feature_dim": int(spec.feature_dim)}
         if source_spec is not None:
             source = source_domain(source_spec, data_dir=config.data.data_dir)
+        spec = resolve_backbone(config.train.backbone, n_images=_image_count(dataset, source),
+                                budget_seconds=EXTRACTION_BUDGET_S)
+        backbone = {"name": spec.name, "handle": str(spec.handle), "image_size": int(spec.image_size),
+                    "feature_dim": int(spec.feature_dim)}
         extracted = extract_dataset(dataset, spec, source_paths=None if source is None else source.image_paths,
                                     shard=shard, progress=progress)
         if shard[1] > 1:
@@ -95,7 +135,33 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
         source_features = extracted["source"].features[keep]
         source_labels = np.asarray(source.labels, np.int32)[keep]
         source_classes = list(source.class_names)
-    return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone)
+        imagenet = imagenet_labels(source) if top_blocks else None
+        if imagenet is not None:
+            source_labels = imagenet[keep]
+        elif top_blocks:
+            log.info("the source classes are not ImageNet classes known here (%s); the source branch learns a "
+                     "%d-way classifier on the backbone top", ", ".join(source_classes[:3]), len(source_classes))
+    return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone,
+                          source_imagenet_labels=bool(top_blocks) and imagenet is not None)
+
+
+def lite_for_top(backbone: str, n_images: int) -> str:
+    """The EfficientNet-Lite a trainable backbone top is cut from: ``backbone`` when it names one; for ``auto`` the
+    most accurate whose extraction of ``n_images`` fits :data:`EXTRACTION_BUDGET_S`.
+
+    Raises:
+        ValueError: another backbone (only the offline EfficientNet-Lite models can be split here).
+    """
+    from chtn_tf.backbones.registry import LITE_IMAGE_SIZES, pick_lite_backbone
+
+    if backbone == "auto":
+        return pick_lite_backbone(n_images, EXTRACTION_BUDGET_S)
+    if backbone not in LITE_IMAGE_SIZES:
+        raise ValueError(f"model.image_top_blocks > 0 trains the top of an EfficientNet-Lite backbone; --backbone "
+                         f"{backbone!r} is not one ({', '.join(['auto', *LITE_IMAGE_SIZES])}), or set "
+                         f"model.image_top_blocks to 0")
+    return backbone
+
 
 
 def _without_failed_images(dataset: CrossModalDataset, extracted: dict) -> tuple:
@@ -114,3 +180,7 @@ def _without_failed_images(dataset: CrossModalDataset, extracted: dict) -> tuple
             index = np.flatnonzero(keep)
             splits[name], features[name] = split.subset(index), extracted[name].features[index]
     return dataclasses.replace(dataset, splits=splits, problems=problems), features
+
+
+def _image_count(dataset: CrossModalDataset, source) -> int:
+    return sum(len(split) for split in dataset.splits.values()) + (0 if source is None else len(source.image_paths))

@@ -63,7 +63,8 @@ def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vector
     steps = batches_per_epoch(len(inputs.dataset.splits["train"]), config.train.batch_size, shuffle=True)
     with (strategy or tf.distribute.get_strategy()).scope():
         model = CHTNModel(config, image_feature_dim=inputs.feature_dim, num_classes=inputs.dataset.num_classes,
-                          text_vectorizer=text_vectorizer, num_source_classes=inputs.num_source_classes)
+                          text_vectorizer=text_vectorizer, num_source_classes=inputs.num_source_classes,
+                          split_backbone=inputs.split_backbone)
         model.compile(optimizer=make_optimizer(config.optimizer, total_steps=steps * config.train.epochs))
         model.build_all()
         model.optimizer.build(model.trainable_variables)

@@ -184,8 +184,8 @@ def _stem(x, state: dict):
     return _conv_bn(x, state, conv_key="_conv_stem.weight", bn_key="_bn0", name="stem", strides=2)
 
 
-def _mbconv(x, state: dict, block: BlockConfig):
-    p, name = f"_blocks.{block.index}", f"block{block.index}"
+def _mbconv(x, state: dict, block: BlockConfig, prefix: str = ""):
+    p, name = f"_blocks.{block.index}", f"{prefix}block{block.index}"
     inputs = x
     if block.has_expansion:
         x = _conv_bn(x, state, conv_key=f"{p}._expand_conv.weight", bn_key=f"{p}._bn0", name=f"{name}_expand")
@@ -196,9 +196,9 @@ def _mbconv(x, state: dict, block: BlockConfig):
     return keras.layers.Add(name=f"{name}_add")([x, inputs]) if block.residual else x
 
 
-def _head(x, state: dict):
-    x = _conv_bn(x, state, conv_key="_conv_head.weight", bn_key="_bn1", name="head")
-    return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+def _head(x, state: dict, prefix: str = ""):
+    x = _conv_bn(x, state, conv_key="_conv_head.weight", bn_key="_bn1", name=f"{prefix}head")
+    return keras.layers.GlobalAveragePooling2D(name=f"{prefix}avg_pool")(x)
 
 
 def _unique(base: str) -> str:
@@ -274,7 +274,7 @@ def lite_bottom(arch: str = "efficientnet-lite0", *, top_blocks: int = 1,
 
 
 def lite_top(arch: str = "efficientnet-lite0", *, top_blocks: int = 1, weights_path: Optional[str] = None,
-             name: Optional[str] = None) -> keras.Model:
+             name: Optional[str] = None, layer_prefix: str = "") -> keras.Model:
     """The trainable, ImageNet-initialised top: the last ``top_blocks`` MBConv blocks, the 1x1 head conv
     (+BN+ReLU6) and global average pooling.
 
@@ -286,16 +286,18 @@ def lite_top(arch: str = "efficientnet-lite0", *, top_blocks: int = 1, weights_p
     A plain Keras functional model: its variables train (BatchNorm in training mode when called with
     ``training=True``), save and load with the usual Keras weights files. ``name`` defaults to
     ``<arch>_top`` (``_1``, ``_2``, ... for further copies); give each top of a model its own name (e.g.
-    ``source_top``, ``target_top``) so saved weights do not depend on build order.
+    ``source_top``, ``target_top``) so saved weights do not depend on build order, and a ``layer_prefix``
+    for its layers' names when two tops sit in one model whose variables are named by layer (as CHTN's are).
     """
     state = load_weights(arch, weights_path)
     blocks = block_configs(state)[split_index(arch, top_blocks, weights_path=weights_path):]
     feature_map = keras.Input((None, None, blocks[0].in_channels), name="feature_map")
     x, outputs = feature_map, {}
     for block in blocks:
-        x = _mbconv(x, state, block)
-        outputs[f"block{block.index}"] = keras.layers.GlobalAveragePooling2D(name=f"block{block.index}_pool")(x)
-    outputs["features"] = _head(x, state)
+        x = _mbconv(x, state, block, prefix=layer_prefix)
+        outputs[f"block{block.index}"] = keras.layers.GlobalAveragePooling2D(
+            name=f"{layer_prefix}block{block.index}_pool")(x)
+    outputs["features"] = _head(x, state, prefix=layer_prefix)
     return keras.Model(feature_map, outputs, name=name or _unique(f"{arch.replace('-', '_')}_top"))
 
 

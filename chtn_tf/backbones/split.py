@@ -102,13 +102,14 @@ class SplitBackbone:
         """The frozen bottom (``trainable = False``): images ``[b, S, S, 3]`` in [0, 1] -> ``[b, *map_shape]``."""
         return lite.lite_bottom(self.arch, top_blocks=self.top_blocks, weights_path=self.weights_path)
 
-    def top(self, name: Optional[str] = None) -> keras.Model:
+    def top(self, name: Optional[str] = None, layer_prefix: str = "") -> keras.Model:
         """A fresh ImageNet-initialised, trainable top: feature maps -> ``{key: [b, width]}`` for ``top_outputs``.
 
         Each call builds new variables (e.g. one top per image branch); see
         :func:`chtn_tf.backbones.efficientnet_lite.lite_top`.
         """
-        return lite.lite_top(self.arch, top_blocks=self.top_blocks, weights_path=self.weights_path, name=name)
+        return lite.lite_top(self.arch, top_blocks=self.top_blocks, weights_path=self.weights_path, name=name,
+                             layer_prefix=layer_prefix)
 
     def classifier(self, name: Optional[str] = None) -> keras.layers.Dense:
         """A fresh ImageNet-initialised, trainable 1280 -> 1000 classifier (the backbone's own head)."""
@@ -169,3 +170,11 @@ class SplitBackbone:
         return extract_cached(image_paths, name=f"{self.arch}-bottom{self.first_top_block}", backbone=self.identity(),
                               image_size=size, make_forward=make_forward, views=views, batch_size=batch_size,
                               cache_dir=cache_dir, progress=progress, what="feature maps")
+
+
+def split_backbone_of(backbone: dict) -> Optional[SplitBackbone]:
+    """The :class:`SplitBackbone` a run's backbone description (``model_info.json``'s ``backbone``) names, or None
+    when the run's backbone was frozen whole."""
+    if not backbone.get("top_blocks"):
+        return None
+    return SplitBackbone(backbone["name"], top_blocks=int(backbone["top_blocks"]))

@@ -12,6 +12,19 @@ from chtn_tf.data.locations import resolve_data_dir
 from chtn_tf.data.types import DatasetError, ImageFolderDataset, Problem
 
 NAMED_SOURCES = {"imagenette": "imagenette/train"}
+# ImageNet-1k class indices (0-based, the standard order) of the ImageNet classes (WordNet ids) a source
+# folder may be named after: Imagenette's ten.
+IMAGENET_INDEX = {"n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+                  "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701}
+
+
+def imagenet_labels(source: ImageFolderDataset) -> Optional[np.ndarray]:
+    """The ImageNet-1k class index of each source image (int32 ``[n]``), or None when a class folder is not named
+    after an ImageNet class listed in :data:`IMAGENET_INDEX`."""
+    if not all(name in IMAGENET_INDEX for name in source.class_names):
+        return None
+    index = np.asarray([IMAGENET_INDEX[name] for name in source.class_names], np.int32)
+    return index[np.asarray(source.labels, np.int64)]
 
 
 def load_image_folder(root, *, validate: bool = False) -> ImageFolderDataset:

@@ -23,6 +23,8 @@ from chtn_tf.model.branches import (
 )
 from chtn_tf.model.config import ExperimentConfig
 
+# Classes of the ImageNet classifier a split backbone's source branch keeps.
+IMAGENET_CLASSES = 1000
 LOSS_TERMS = ("source_ce", "image_ce", "text_ce", "mmd_fc6", "mmd_fc7", "pair_fc6", "pair_fc7")
 
 
@@ -40,7 +42,12 @@ class CHTNModel(keras.Model):
         image_feature_dim: width of the image feature vectors.
         num_classes: number of target classes.
         text_vectorizer: an adapted ``TextVectorization`` (see :mod:`chtn_tf.model.text`).
-        num_source_classes: number of source-domain classes; 0 when there is no source domain.
+        num_source_classes: number of source-domain classes; 0 when there is no source domain (1000 with a
+            ``split_backbone``: the source labels are ImageNet classes and its own classifier is trained).
+        split_backbone: with ``config.model.image_top_blocks`` > 0, the
+            :class:`~chtn_tf.backbones.split.SplitBackbone` whose trainable top starts each image branch; image
+            inputs are then its bottom's feature maps ``[b, h, w, c]``, and ``mmd_fc6`` / ``mmd_fc7`` are taken at
+            the top's last block and head (the ImageNet-initialised layers), not at fc6/fc7.
 
     Example:
         >>> model = CHTNModel(config, image_feature_dim=1280, num_classes=10,
@@ -51,10 +58,21 @@ class CHTNModel(keras.Model):
     """
 
     def __init__(self, config: ExperimentConfig, *, image_feature_dim: int, num_classes: int,
-                 text_vectorizer: keras.layers.TextVectorization, num_source_classes: int = 0, **kwargs):
+                 text_vectorizer: keras.layers.TextVectorization, num_source_classes: int = 0,
+                 split_backbone=None, **kwargs):
         super().__init__(**kwargs)
         # Configuration.
         self.config = config
+        self.split_backbone = split_backbone if config.model.image_top_blocks else None
+        if config.model.image_top_blocks and (split_backbone is None
+                                              or split_backbone.top_blocks != config.model.image_top_blocks):
+            raise ValueError(f"model.image_top_blocks={config.model.image_top_blocks} needs the EfficientNet-Lite "
+                             f"backbone split before that many blocks (split_backbone), got {split_backbone!r}")
+        # With a trainable backbone top the image inputs are the frozen bottom's feature maps.
+        self.image_input_shape = (tuple(self.split_backbone.map_shape) if self.split_backbone
+                                  else (int(image_feature_dim),))
+        if self.split_backbone:
+            image_feature_dim = self.split_backbone.top_dims["features"]
         self.image_feature_dim = int(image_feature_dim)
         self.num_classes = int(num_classes)
         self.use_source = bool(num_source_classes) and config.loss.source_transfer
@@ -80,7 +98,18 @@ class CHTNModel(keras.Model):
         else:
             self.image_head = build_correlation_head(fc7_width, self.num_classes, **head, name="image_head")
             self.text_head = build_correlation_head(fc7_width, self.num_classes, **head, name="text_head")
-        if self.use_source:
+        self.image_top = self.source_top = None
+        if self.split_backbone:
+            self.image_top = _frozen_statistics(self.split_backbone.top(name="image_top", layer_prefix="i_"))
+        if self.use_source and self.split_backbone:
+            # The source branch is the backbone's own top and ImageNet classifier (ImageNet labels when the
+            # source classes are ImageNet classes, else a new classifier on its features).
+            self.source_branch = None
+            self.source_top = _frozen_statistics(self.split_backbone.top(name="source_top", layer_prefix="s_"))
+            self.source_classifier = (self.split_backbone.classifier(name="source_imagenet_logits")
+                                      if self.num_source_classes == IMAGENET_CLASSES else
+                                      keras.layers.Dense(self.num_source_classes, name="fc8_s"))
+        elif self.use_source:
             self.source_branch = build_image_branch(self.image_feature_dim, widths=model_cfg.branch_widths,
                                                     suffix="s", dropout=model_cfg.dropout,
                                                     input_bn=model_cfg.image_input_bn, members=members,
@@ -100,6 +129,10 @@ class CHTNModel(keras.Model):
         cross_replica.synchronize_batch_norm(self)
 
     # ------------------------------------------------------------------ encoders
+    def _image_features(self, images):
+        """What the image branch starts from: the trainable backbone top's pooled features, or the inputs."""
+        return images if self.image_top is None else self.image_top(images)["features"]
+
     def _representation(self, fc9, logits):
         members = self.config.model.members
         if self.config.model.representation == "fc9":
@@ -111,8 +144,9 @@ class CHTNModel(keras.Model):
         return keras.layers.GlobalAveragePooling1D(name="fc10_member_mean")(probabilities)  # mean over members
 
     def _build_image_encoder(self) -> keras.Model:
-        features = keras.Input(shape=(self.image_feature_dim,), name="image_features")
-        _, fc7 = self.image_branch(features)
+        features = keras.Input(shape=self.image_input_shape,
+                               name="feature_maps" if self.image_top is not None else "image_features")
+        _, fc7 = self.image_branch(self._image_features(features))
         fc9, logits = self.image_head(fc7)
         return keras.Model(features, self._representation(fc9, logits), name="image_encoder")
 
@@ -135,19 +169,21 @@ class CHTNModel(keras.Model):
 
     def build_all(self) -> None:
         """Creates every variable (including the training-only source branch) by one symbolic pass."""
-        batch = {"target": {"image": tf.zeros([2, self.image_feature_dim]), "text": tf.constant(["a", "b"]),
-                            "label": tf.zeros([2], tf.int32)}}
+        images = tf.zeros([2, *self.image_input_shape])
+        batch = {"target": {"image": images, "text": tf.constant(["a", "b"]), "label": tf.zeros([2], tf.int32)}}
         if self.use_source:
-            batch["source"] = {"image": tf.zeros([2, self.image_feature_dim]), "label": tf.zeros([2], tf.int32)}
+            batch["source"] = {"image": images, "label": tf.zeros([2], tf.int32)}
         self.loss_terms(batch, training=False)
-        self.image_encoder(tf.zeros([1, self.image_feature_dim]))
+        self.image_encoder(images[:1])
         self.built = True
 
     def loss_terms(self, batch, training: bool) -> dict:
         """Every term of the hybrid objective for one batch, unweighted, as a dict of scalars."""
         target = batch["target"]
         labels = tf.cast(target["label"], tf.int32)
-        image_fc6, image_fc7 = self.image_branch(target["image"], training=training)
+        target_top = None if self.image_top is None else self.image_top(target["image"], training=training)
+        image_fc6, image_fc7 = self.image_branch(target["image"] if target_top is None else target_top["features"],
+                                                 training=training)
         text_fc6, text_fc7 = self.text_branch(self._bag_of_words(target), training=training)
         _, image_logits = self.image_head(image_fc7, training=training)
         _, text_logits = self.text_head(text_fc7, training=training)
@@ -165,11 +201,20 @@ class CHTNModel(keras.Model):
         }
         if self.use_source and "source" in batch:
             source = batch["source"]
+            source_labels = tf.cast(source["label"], tf.int32)
+            kernel = dict(kernel_mul=self.config.loss.mmd_kernel_mul, kernel_num=self.config.loss.mmd_kernel_num)
+            if self.source_top is not None:
+                # MMD at the trainable ImageNet layers (the last top block's and the head's pooled outputs).
+                source_top = self.source_top(source["image"], training=training)
+                source_logits = self.source_classifier(source_top["features"], training=training)
+                terms["source_ce"] = chtn_losses.softmax_cross_entropy(source_labels, source_logits)
+                lower, upper = self.split_backbone.top_outputs[-2:]
+                terms["mmd_fc6"] = chtn_losses.gaussian_mmd(source_top[lower], target_top[lower], **kernel)
+                terms["mmd_fc7"] = chtn_losses.gaussian_mmd(source_top[upper], target_top[upper], **kernel)
+                return terms
             source_fc6, source_fc7 = self.source_branch(source["image"], training=training)
             source_logits = self.source_classifier(source_fc7, training=training)
-            kernel = dict(kernel_mul=self.config.loss.mmd_kernel_mul, kernel_num=self.config.loss.mmd_kernel_num)
-            terms["source_ce"] = chtn_losses.softmax_cross_entropy(
-                *_member_rows(tf.cast(source["label"], tf.int32), source_logits, members))
+            terms["source_ce"] = chtn_losses.softmax_cross_entropy(*_member_rows(source_labels, source_logits, members))
             terms["mmd_fc6"] = _member_mean(chtn_losses.gaussian_mmd, source_fc6, image_fc6, members, **kernel)
             terms["mmd_fc7"] = _member_mean(chtn_losses.gaussian_mmd, source_fc7, image_fc7, members, **kernel)
         return terms
@@ -263,6 +308,15 @@ class CHTNModel(keras.Model):
     @tf.function(reduce_retracing=True)
     def _encode_texts_fn(self, texts):
         return self.text_encoder(texts, training=False)
+
+
+def _frozen_statistics(top: keras.Model) -> keras.Model:
+    """``top`` with its BatchNorm layers frozen: they keep ImageNet's statistics (batches of a few dozen images of
+    one collection would replace them with noisy ones), and their scale and offset stay ImageNet's."""
+    for layer in top.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return top
 
 
 def _rows(x):

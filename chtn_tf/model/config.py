@@ -35,7 +35,8 @@ FIELD_RANGES = {
     "loss.mmd_kernel_mul": (0.0, None, False),
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
-    "model.input_dropout": (0.0, 1.0, True), "model.members": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
+    "model.input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
+    "model.image_top_blocks": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True),
 }
@@ -126,6 +127,12 @@ class ModelConfig:
             common representation averages the members' fc10 probabilities (fc9: concatenates them). On a few
             hundred pairs one network's probabilities vary much with its initialisation; the average does not.
             0: chosen from the layer width (:func:`chtn_tf.model.sizing.members_for`) when the data is read.
+        image_top_blocks: > 0: the last this many MBConv blocks and the 1x1 head convolution of the
+            EfficientNet-Lite backbone are the first, ImageNet-initialised and trainable, layers of the source
+            and target image branches (CHTN's "fc6/fc7 initialised from ImageNet"), with MMD between source
+            and target at the last block's and the head's outputs; the source branch keeps the backbone's
+            ImageNet classifier (ImageNet labels of the source images). The frozen part's feature maps are
+            cached. 0: the whole backbone is frozen and the branches start on its pooled features.
     """
 
     branch_widths: tuple = (4096, 4096)
@@ -140,6 +147,7 @@ class ModelConfig:
     text_input_norm: str = "batchnorm"
     input_dropout: float = 0.0
     members: int = 1
+    image_top_blocks: int = 0
 
     def __post_init__(self):
         self.branch_widths = tuple(int(w) for w in self.branch_widths)

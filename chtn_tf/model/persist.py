@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from chtn_tf.atomic import write_json_atomic
+from chtn_tf.backbones.split import split_backbone_of
 from chtn_tf.model.chtn import CHTNModel
 from chtn_tf.model.config import ExperimentConfig
 from chtn_tf.model.text import load_text_vectorizer, save_text_vectorizer
@@ -77,7 +78,8 @@ def build_model_from_run(run_dir: str) -> tuple:
     info = read_model_info(run_dir)
     vectorizer = load_text_vectorizer(os.path.join(run_dir, VECTORIZER_FILE), name="text_vectorizer")
     model = CHTNModel(config, image_feature_dim=info["image_feature_dim"], num_classes=info["num_classes"],
-                      text_vectorizer=vectorizer, num_source_classes=info["num_source_classes"])
+                      text_vectorizer=vectorizer, num_source_classes=info["num_source_classes"],
+                      split_backbone=split_backbone_of(info["backbone"]))
     model.build_all()
     return model, info
 
