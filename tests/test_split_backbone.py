@@ -133,7 +133,8 @@ def test_undecodable_image_is_reported_with_zero_maps(real_data_dir, tmp_path, m
     assert [f[:2] for f in result.failed] == [(2, str(broken))]
     assert result.features.shape == (4, 2, 7, 7, 192) and not result.features[2].any()
     reference = split.extract(paths, views=("orig", "flip"), cache_dir=str(tmp_path / "c2"), progress=False)
-    np.testing.assert_allclose(np.delete(result.features, 2, axis=0), reference.features, rtol=1e-5, atol=1e-5)
+    # Other batches, other BLAS blockings: equal up to float32 rounding (any x86-64 CPU), not bit for bit.
+    np.testing.assert_allclose(np.delete(result.features, 2, axis=0), reference.features, rtol=1e-4, atol=1e-4)
 
 
 def test_top_and_classifier_train_with_batchnorm_and_reload_from_keras_weights(tmp_path):
