@@ -4,9 +4,13 @@
     CHTN_DATA_DIR=../shared/datasets .venv/bin/python benchmarks/quality.py --small [--draws 0 1 2 3 4] [--seeds 0]
 
 Every method sees the same inputs in the same run: the dataset's image features (Wikipedia: the shipped
-SIFT; Web News: the cached EfficientNet-Lite0 features of the raw images) and the raw texts. Writes
+SIFT; Web News: the cached features of the raw images from the backbone ``--backbone auto`` picks, EfficientNet-
+Lite2) and the raw texts; variants that train the backbone's top or swap the backbone get their own inputs,
+the baselines take the default backbone's pooled features. Variants measured by an earlier run on the same
+image input are kept (a slow variant can be run alone with fewer ``--seeds``). Writes
 ``benchmarks/results/quality.json``, ``benchmarks/results/quality.png`` and the quality table of
-``benchmarks/RESULTS.md`` (between the ``quality`` markers).
+``benchmarks/RESULTS.md`` (between the ``quality`` markers), and ``benchmarks/results/mmd.png``: the MMD terms
+over training of each variant.
 """
 
 from __future__ import annotations
