@@ -241,6 +241,9 @@ def write_report(report: dict, started: float) -> None:
                     if runs and not current["runs"].get(method):
                         current["runs"][method] = runs
                         current["summary"][method] = summarise(runs)
+                order = [*VARIANTS, *current["runs"]]  # CHTN and its variants first, then the baselines
+                for key in ("runs", "summary"):
+                    current[key] = {m: current[key][m] for m in sorted(current[key], key=order.index)}
     write_json_atomic(QUALITY_JSON, report)
     render_report(report)
 
