@@ -97,33 +97,27 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
                                f"{dataset.name} has only precomputed image features here; set it to 0")
         features = {name: split.image_features for name, split in dataset.splits.items()}
         backbone = {"name": "precomputed", "feature_dim": int(dataset.image_feature_dim)}
-    elif top_blocks:
-        if source_spec is not None:
-            source = source_domain(source_spec, data_dir=config.data.data_dir)
-        split = SplitBackbone(lite_for_top(config.train.backbone, _image_count(dataset, source)),
-                              top_blocks=top_blocks)
-        backbone = {"name": split.arch, "image_size": split.image_size, "feature_dim": split.top_dims["features"],
-                    "top_blocks": top_blocks, "map_shape": list(split.map_shape)}
-        # Every worker of a cluster computes all of them (each through the shared cache).
-        extracted = {name: split.extract(s.image_paths, progress=progress) for name, s in dataset.splits.items()}
-        if source is not None:
-            extracted["source"] = split.extract(source.image_paths, progress=progress)
-        dataset, features = _without_failed_images(dataset, extracted)
     else:
         from chtn_tf.backbones import resolve_backbone
 
         if source_spec is not None:
             source = source_domain(source_spec, data_dir=config.data.data_dir)
-        spec = resolve_backbone(config.train.backbone, n_images=_image_count(dataset, source),
-                                budget_seconds=EXTRACTION_BUDGET_S)
-        backbone = {"name": spec.name, "handle": str(spec.handle), "image_size": int(spec.image_size),
-                    "feature_dim": int(spec.feature_dim)}
-        extracted = extract_dataset(dataset, spec, source_paths=None if source is None else source.image_paths,
+        n_images = _image_count(dataset, source)
+        if top_blocks:
+            extractor = SplitBackbone(lite_for_top(config.train.backbone, n_images), top_blocks=top_blocks)
+            backbone = {"name": extractor.arch, "image_size": extractor.image_size,
+                        "feature_dim": extractor.top_dims["features"], "top_blocks": top_blocks,
+                        "map_shape": list(extractor.map_shape)}
+        else:
+            extractor = resolve_backbone(config.train.backbone, n_images=n_images, budget_seconds=EXTRACTION_BUDGET_S)
+            backbone = {"name": extractor.name, "handle": str(extractor.handle),
+                        "image_size": int(extractor.image_size), "feature_dim": int(extractor.feature_dim)}
+        extracted = extract_dataset(dataset, extractor, source_paths=None if source is None else source.image_paths,
                                     shard=shard, progress=progress)
         if shard[1] > 1:
             log.info("worker %d of %d ran %d of %d images through %s (the rest came from the other workers or the "
                      "cache)", shard[0], shard[1], sum(f.computed for f in extracted.values()),
-                     sum(len(f.features) for f in extracted.values()), spec.name)
+                     sum(len(f.features) for f in extracted.values()), backbone["name"])
         dataset, features = _without_failed_images(dataset, extracted)
 
     source_features = source_labels = source_classes = None
@@ -161,7 +155,6 @@ def lite_for_top(backbone: str, n_images: int) -> str:
                          f"{backbone!r} is not one ({', '.join(['auto', *LITE_IMAGE_SIZES])}), or set "
                          f"model.image_top_blocks to 0")
     return backbone
-
 
 
 def _without_failed_images(dataset: CrossModalDataset, extracted: dict) -> tuple:

@@ -13,6 +13,7 @@ must share (``CHTN_CACHE_DIR``); the merged features equal a one-process extract
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Optional
 
 from chtn_tf.backbones.feature_cache import (FeatureSet, extract_features, images_per_batch, parse_shard,
                                              plan_shards)
+from chtn_tf.backbones.split import SplitBackbone
 from chtn_tf.cli import add_data_args, config_from_args
 from chtn_tf.data.types import CrossModalDataset, DatasetError
 
@@ -55,7 +57,8 @@ def extract_dataset(dataset: CrossModalDataset, spec, *, source_paths=None, shar
 
     Args:
         dataset: a dataset with raw images.
-        spec: the backbone.
+        spec: the backbone (its pooled features), or a :class:`~chtn_tf.backbones.split.SplitBackbone` (its frozen
+            bottom's feature maps).
         source_paths: the source domain's image files, or None.
         shard: ``(index, num_shards)``: this process's share (see :func:`extract_features`).
         progress: progress bars.
@@ -69,8 +72,9 @@ def extract_dataset(dataset: CrossModalDataset, spec, *, source_paths=None, shar
     # One plan over all sets, so N workers share the batches evenly even when a set is a single batch.
     plan = plan_shards({name: len(paths) for name, paths in sets.items()}, images_per_batch(EXTRACTION_BATCH, None),
                        shard[1])
-    return {name: extract_features(paths, spec, batch_size=EXTRACTION_BATCH, progress=progress, shard=shard,
-                                   parts=plan[name], cache_dir=cache_dir)
+    extract = spec.extract if isinstance(spec, SplitBackbone) else functools.partial(extract_features, spec=spec)
+    return {name: extract(paths, batch_size=EXTRACTION_BATCH, progress=progress, shard=shard, parts=plan[name],
+                          cache_dir=cache_dir)
             for name, paths in sets.items()}
 
 

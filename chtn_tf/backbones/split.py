@@ -146,7 +146,7 @@ class SplitBackbone:
                 "weights_sha256": _sha256(path, stat.st_size, stat.st_mtime_ns), "version": BOTTOM_VERSION}
 
     def extract(self, image_paths, *, views=None, batch_size: int = 32, cache_dir: Optional[str] = None,
-                progress: bool = True) -> FeatureSet:
+                progress: bool = True, shard: tuple = (0, 1), parts: Optional[list] = None) -> FeatureSet:
         """The bottom's feature maps of ``image_paths``, from the feature cache when possible.
 
         Args:
@@ -157,6 +157,8 @@ class SplitBackbone:
             batch_size: images (views) per forward pass.
             cache_dir: cache folder (default ``$CHTN_CACHE_DIR/features`` or ``~/.cache/chtn/features``).
             progress: show a progress bar while computing.
+            shard, parts: this process's share of a multi-worker extraction, as for
+                :func:`chtn_tf.backbones.feature_cache.extract_features`.
 
         An image that cannot be decoded is reported in ``failed`` (``(index, path, reason)``) with zero maps.
         """
@@ -169,7 +171,7 @@ class SplitBackbone:
 
         return extract_cached(image_paths, name=f"{self.arch}-bottom{self.first_top_block}", backbone=self.identity(),
                               image_size=size, make_forward=make_forward, views=views, batch_size=batch_size,
-                              cache_dir=cache_dir, progress=progress, what="feature maps")
+                              cache_dir=cache_dir, progress=progress, what="feature maps", shard=shard, parts=parts)
 
 
 def split_backbone_of(backbone: dict) -> Optional[SplitBackbone]:
