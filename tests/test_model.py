@@ -199,3 +199,29 @@ def test_members_are_independent_networks_whose_probabilities_are_averaged():
         assert float(terms[name]) == pytest.approx(expected, rel=1e-4, abs=1e-6), name
     config.model.representation = "fc9"
     assert small_model(config).encode_texts(TEXTS).shape == (6, 8 * members)
+
+
+@pytest.mark.parametrize("equation,shape", [("bi,kio->bko", (6, 9)), ("bki,kio->bko", (6, 3, 9))])
+def test_member_dense_matches_keras_einsum_dense(equation, shape):
+    import keras
+    import tensorflow as tf
+
+    from chtn_tf.model.branches import MemberDense
+
+    x = tf.constant(np.random.default_rng(0).normal(size=shape), tf.float32)
+    fast = MemberDense(equation, output_shape=(3, 4), bias_axes="ko", activation="relu")
+    reference = keras.layers.EinsumDense(equation, output_shape=(3, 4), bias_axes="ko", activation="relu")
+    fast.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights([w + 0.1 for w in fast.get_weights()])
+    fast.set_weights(reference.get_weights())
+    outputs, gradients = [], []
+    for layer in (fast, reference):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        outputs.append(y.numpy())
+        gradients.append([g.numpy() for g in tape.gradient(loss, layer.trainable_variables)])
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*gradients):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,26 @@ TensorBoard graphs read like the paper.
 from __future__ import annotations
 
 import keras
+from keras import ops
+
+
+class MemberDense(keras.layers.EinsumDense):
+    """``EinsumDense`` for the members' layers (``bi,kio->bko`` and ``bki,kio->bko``), computed as one batched matmul.
+
+    Same weights, same outputs; written by hand because TensorFlow runs these two einsums through a generic
+    path that is 2-3x slower on CPU, forward and backward, than the batched matmul they are (measured on
+    [32, 5000] -> 5 x 128: 67 ms vs 25 ms per forward + backward), and a run's steps are mostly these layers.
+    """
+
+    def call(self, inputs, training=None):
+        # [k, b, i] @ [k, i, o] -> [k, b, o]; a [b, i] input (every member's) broadcasts over k.
+        members_first = inputs[None] if len(inputs.shape) == 2 else ops.transpose(inputs, (1, 0, 2))
+        x = ops.transpose(ops.matmul(members_first, self.kernel), (1, 0, 2))
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
 
 
 def _dense(x, width: int, name: str, members: int, activation=None):
@@ -15,8 +35,7 @@ def _dense(x, width: int, name: str, members: int, activation=None):
     if members == 1:
         return keras.layers.Dense(width, activation=activation, name=name)(x)
     equation = "bi,kio->bko" if len(x.shape) == 2 else "bki,kio->bko"
-    return keras.layers.EinsumDense(equation, output_shape=(members, width), bias_axes="ko", activation=activation,
-                                    name=name)(x)
+    return MemberDense(equation, output_shape=(members, width), bias_axes="ko", activation=activation, name=name)(x)
 
 
 def _dense_bn_relu(x, width: int, name: str, dropout: float, members: int = 1):
