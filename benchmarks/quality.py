@@ -253,7 +253,7 @@ def run_small(args, report: dict, started: float) -> int:
     baselines on the small-collection test bed (:mod:`benchmarks.testbed`); mean ± std over draws (each draw's
     CHTN score is the mean over ``--seeds``)."""
     from benchmarks.testbed import SMALL_COLLECTIONS, draw_collection
-    from training.inputs import prepare_inputs
+    from training.inputs import add_train_views, prepare_inputs
 
     parents, report["collections"] = {}, {}
     for spec in SMALL_COLLECTIONS:
@@ -262,6 +262,9 @@ def run_small(args, report: dict, started: float) -> int:
         runs = {"CHTN (defaults for a new collection)": [], "Semantic matching (logistic regression)": [], "CCA": []}
         for draw in args.draws:
             inputs = draw_collection(parents[spec.parent], spec, draw)
+            if inputs.backbone.get("name") != "precomputed":
+                # As training.fit --manifest does: cached views of the draw's training images.
+                inputs = add_train_views(inputs, dataset_config(None).train.image_views, progress=False)
             for name, scores in run_baselines(inputs)[0].items():
                 runs[name].append({**scores, "draw": draw})
             seeds = [run_chtn(dataset_config(None), inputs, seed, {}) for seed in args.seeds]

@@ -50,22 +50,25 @@ SMALL_COLLECTIONS = (
 
 
 def _pool(inputs):
-    """All pairs of a prepared dataset, splits concatenated: (ids, texts, labels, features)."""
+    """All pairs of a prepared dataset, splits concatenated: (ids, texts, labels, features, image paths or None)."""
     splits = inputs.dataset.splits
     ids = [i for s in splits.values() for i in s.ids]
     texts = [t for s in splits.values() for t in s.texts]
     labels = np.concatenate([s.labels for s in splits.values()])
     features = np.concatenate([inputs.features[name] for name in splits])
-    return ids, texts, labels, features
+    raw = all(s.image_paths is not None for s in splits.values())
+    paths = [p for s in splits.values() for p in s.image_paths] if raw else None
+    return ids, texts, labels, features, paths
 
 
 def draw_collection(inputs, spec: CollectionSpec, draw: int):
     """A small collection drawn from ``inputs`` (a :class:`training.inputs.PreparedInputs` of ``spec.parent``).
 
     Returns a new ``PreparedInputs`` whose dataset has its own train / val / test split and classes relabelled
-    ``0..n_classes-1``; the source domain (if any) is the parent's.
+    ``0..n_classes-1`` (with the parent's image files, when it has raw images: views of them can be added with
+    :func:`training.inputs.add_train_views`); the source domain (if any) is the parent's.
     """
-    ids, texts, labels, features = _pool(inputs)
+    ids, texts, labels, features, paths = _pool(inputs)
     rng = np.random.default_rng(10_000 + draw)
     classes = np.sort(rng.choice(np.unique(labels), size=min(spec.n_classes, len(np.unique(labels))),
                                  replace=False))
@@ -81,8 +84,10 @@ def draw_collection(inputs, spec: CollectionSpec, draw: int):
     splits, split_features = {}, {}
     for name, part in zip(("train", "val", "test"), parts):
         rows = chosen[part]
+        image = ({"image_paths": [paths[i] for i in rows]} if paths is not None
+                 else {"image_features": features[rows]})
         splits[name] = SplitData(ids=[ids[i] for i in rows], texts=[cut(texts[i]) for i in rows],
-                                 labels=new_labels[part], image_features=features[rows])
+                                 labels=new_labels[part], **image)
         split_features[name] = features[rows]
     class_names = [inputs.dataset.class_names[int(c)] for c in classes]
     dataset = CrossModalDataset(name=f"{spec.name}#{draw}", class_names=class_names, splits=splits,

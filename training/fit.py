@@ -23,6 +23,7 @@ TRAINING_FLAGS = {
     "mmd_weight": "loss.mmd", "pair_weight": "loss.pair", "source_weight": "loss.source_ce",
     "learning_rate": "optimizer.learning_rate", "optimizer": "optimizer.name",
     "representation": "model.representation", "image_top_blocks": "model.image_top_blocks",
+    "image_views": "train.image_views",
 }
 
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-top-blocks", type=number(int, low=0),
                         help="train the last N MBConv blocks and the head of the EfficientNet-Lite backbone from their "
                              "ImageNet weights, as the first image layers (0: frozen backbone)")
+    parser.add_argument("--image-views", type=number(int, low=1, high=7),
+                        help="cached views per training image (1-7: the image, its mirror, 80%% crops); each epoch "
+                             "shows one per pair (default: 5 for --manifest, 1 for the named datasets)")
     parser.add_argument("--ablation", choices=ABLATIONS, default="none", help="switch off one part of CHTN")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default auto: multi-worker when TF_CONFIG names several workers, "

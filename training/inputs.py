@@ -45,6 +45,8 @@ class PreparedInputs:
             and ``features`` are the frozen bottom's feature maps ``[n, h, w, c]``.
         source_imagenet_labels: ``source_labels`` are ImageNet-1k class indices (a split backbone's source
             branch keeps the ImageNet classifier), not indices into ``source_class_names``.
+        train_views: float32 ``[n_train, views, ...]``: the features of several views of each training image
+            (view 0 is ``features["train"]``; see :func:`add_train_views`), or None (one view).
     """
 
     dataset: CrossModalDataset
@@ -54,6 +56,12 @@ class PreparedInputs:
     source_class_names: Optional[list]
     backbone: dict
     source_imagenet_labels: bool = False
+    train_views: Optional[np.ndarray] = None
+
+    @property
+    def num_train_views(self) -> int:
+        """Views per training image the model trains on (1 without :attr:`train_views`)."""
+        return 1 if self.train_views is None else int(self.train_views.shape[1])
 
     @property
     def feature_dim(self) -> int:
@@ -102,7 +110,9 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
 
         if source_spec is not None:
             source = source_domain(source_spec, data_dir=config.data.data_dir)
-        n_images = _image_count(dataset, source)
+        views = config.train.image_views
+        # Extra views are extracted for the training images only.
+        n_images = _image_count(dataset, source) + (views - 1) * len(dataset.splits["train"])
         if top_blocks:
             extractor = SplitBackbone(lite_for_top(config.train.backbone, n_images), top_blocks=top_blocks)
             backbone = {"name": extractor.arch, "image_size": extractor.image_size,
@@ -135,8 +145,56 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
         elif top_blocks:
             log.info("the source classes are not ImageNet classes known here (%s); the source branch learns a "
                      "%d-way classifier on the backbone top", ", ".join(source_classes[:3]), len(source_classes))
-    return PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone,
-                          source_imagenet_labels=bool(top_blocks) and imagenet is not None)
+    inputs = PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone,
+                            source_imagenet_labels=bool(top_blocks) and imagenet is not None)
+    return add_train_views(inputs, config.train.image_views, shard=shard, progress=progress)
+
+
+def _extractor_of(backbone: dict):
+    """What made a run's image features, from :attr:`PreparedInputs.backbone`: a split backbone or a backbone spec."""
+    from chtn_tf.backbones import resolve_backbone
+
+    split = split_backbone_of(backbone)
+    # A spec's name is the name it was resolved from (a known name, or the handle as given).
+    return split if split is not None else resolve_backbone(backbone["name"])
+
+
+def add_train_views(inputs: PreparedInputs, views: int, *, shard: tuple = (0, 1), progress: bool = True,
+                    cache_dir: Optional[str] = None) -> PreparedInputs:
+    """``inputs`` with the features of the first ``views`` views of every training image
+    (:data:`~chtn_tf.backbones.views.TRAIN_VIEW_ORDER`) in ``train_views``; view 0 is the image as served
+    (``features["train"]``, not computed again). The extra views go through the same backbone and feature cache
+    (a cluster's workers share them like the features, see :func:`prepare_inputs`). ``views`` 1: unchanged.
+
+    Raises:
+        DatasetError: ``views`` > 1 but the image side is precomputed features (there are no images to view).
+    """
+    from chtn_tf.backbones.extract import EXTRACTION_BATCH
+    from chtn_tf.backbones.feature_cache import extract_features
+    from chtn_tf.backbones.views import TRAIN_VIEW_ORDER
+
+    if views <= 1:
+        return dataclasses.replace(inputs, train_views=None)
+    if inputs.backbone.get("name") == "precomputed":
+        raise DatasetError(f"train.image_views={views} needs raw images, but {inputs.dataset.name} has only "
+                           f"precomputed image features here; set it to 1 (--image-views 1)")
+    train = inputs.dataset.splits["train"]
+    names = TRAIN_VIEW_ORDER[1:views]
+    extractor = _extractor_of(inputs.backbone)
+    if isinstance(extractor, SplitBackbone):
+        extracted = extractor.extract(train.image_paths, views=names, batch_size=EXTRACTION_BATCH, shard=shard,
+                                      progress=progress, cache_dir=cache_dir)
+    else:
+        extracted = extract_features(train.image_paths, extractor, views=names, batch_size=EXTRACTION_BATCH,
+                                     shard=shard, progress=progress, cache_dir=cache_dir)
+    extra = np.asarray(extracted.features, np.float32)
+    served = np.asarray(inputs.features["train"], np.float32)
+    for index, path, reason in extracted.failed:
+        # The served view of this image decoded (the pair is here), so its other views are the served one.
+        log.warning("views of training image %s could not be computed (%s); it trains on the image as served",
+                    path, reason)
+        extra[index] = served[index][None]
+    return dataclasses.replace(inputs, train_views=np.concatenate([served[:, None], extra], axis=1))
 
 
 def lite_for_top(backbone: str, n_images: int) -> str:

@@ -81,11 +81,13 @@ def fit_callbacks(model_inputs: PreparedInputs, model=None) -> list:
 
 
 def split_columns(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict:
-    """One split as the model trains on it: image features, the texts' bag-of-words rows (vectorised once, by
-    the model's own vectoriser, as a sparse matrix) and labels, one row per pair."""
+    """One split as the model trains on it: image features (the training split: all its cached views, when
+    ``inputs`` has them), the texts' bag-of-words rows (vectorised once, by the model's own vectoriser, as a
+    sparse matrix) and labels, one row per pair."""
     data = inputs.dataset.splits[split]
-    return {"image": inputs.features[split], "bag_of_words": vectorize_texts(model.text_vectorizer, data.texts),
-            "label": data.labels}
+    image = ({"image_views": inputs.train_views} if split == "train" and inputs.train_views is not None
+             else {"image": inputs.features[split]})
+    return {**image, "bag_of_words": vectorize_texts(model.text_vectorizer, data.texts), "label": data.labels}
 
 
 def fit_model(model: CHTNModel, inputs: PreparedInputs, *, epochs: int, initial_epoch: int = 0,
@@ -267,6 +269,12 @@ def _train_and_evaluate(config, inputs, run_dir, *, resume, verbose, writer, dis
         print(f"Network size for {len(inputs.dataset.splits['train'])} training pairs: branches "
               f"{list(config.model.branch_widths)}, shared {list(config.model.shared_widths)}, "
               f"{config.model.members} member(s)", flush=True)
+    if config.train.image_views != inputs.num_train_views:
+        # The views are what the inputs hold (prepare_inputs extracts train.image_views of them; precomputed
+        # features have one); the run records what it trained on.
+        print(f"Training on {inputs.num_train_views} view(s) per training image (train.image_views "
+              f"{config.train.image_views}: the inputs have {inputs.num_train_views})", flush=True)
+        config = config.override({"train.image_views": inputs.num_train_views})
     changes = {}
     if resume:
         changes = check_config(run_dir, config)

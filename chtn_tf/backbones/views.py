@@ -26,6 +26,10 @@ VIEWS = {
     "crop_bottom_left": f"the bottom-left {CROP_SIDE:.0%} of each side",
     "crop_bottom_right": f"the bottom-right {CROP_SIDE:.0%} of each side",
 }
+# The views a run trains on, in the order ``train.image_views`` takes them: the served image first, then its
+# mirror, then crops spread over the image.
+TRAIN_VIEW_ORDER = ("orig", "flip", "crop_center", "crop_top_left", "crop_bottom_right", "crop_top_right",
+                    "crop_bottom_left")
 # Where each crop's box starts, as a fraction of the room left beside it (0 = top/left, 1 = bottom/right).
 _CROP_ANCHORS = {"crop_center": (0.5, 0.5), "crop_top_left": (0.0, 0.0), "crop_top_right": (0.0, 1.0),
                  "crop_bottom_left": (1.0, 0.0), "crop_bottom_right": (1.0, 1.0)}

@@ -115,6 +115,20 @@ def _gather(columns: dict, index) -> dict:
             for key, value in columns.items()}
 
 
+def _view_choice(n: int, views: int, seed: int, epoch) -> tf.Tensor:
+    """Which view each of ``n`` pairs shows in ``epoch``: int32 ``[n]`` in ``0..views-1``, from the seed and epoch
+    only (the same in every process, and in a resumed run)."""
+    return tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed + 2, tf.int64) * 1_000_003, epoch]),
+                                       minval=0, maxval=views, dtype=tf.int32)
+
+
+def _show_view(batch: dict, view) -> dict:
+    """``batch`` with its ``image_views`` ``[b, views, ...]`` replaced by ``image``: row i's view ``view[i]``."""
+    batch = dict(batch)
+    batch["image"] = tf.gather(batch.pop("image_views"), view, batch_dims=1)
+    return batch
+
+
 def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: int, seed: int, shuffle: bool,
                    epochs: tuple = (0, 1)) -> tf.data.Dataset:
     """Batches ``{"target": {...}, "source": {...}}`` for ``CHTNModel``: one source batch per target batch.
@@ -123,7 +137,9 @@ def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: i
         target: the pairs of one split, ``{column: values}`` with one row per pair: numpy arrays, lists of
             strings, or a ``tf.SparseTensor`` (e.g. the bag-of-words rows of the texts, vectorised once),
             each batch of which is a ``tf.SparseTensor`` too. ``CHTNModel`` reads ``image``, ``label`` and
-            ``bag_of_words`` (or raw ``text``).
+            ``bag_of_words`` (or raw ``text``). ``image_views`` ``[n, views, ...]`` instead of ``image``: several
+            views of each image; with ``shuffle`` each epoch shows one per pair, drawn from ``(seed, epoch)``
+            (see :func:`_view_choice`), without it the first.
         source: the source domain, ``{"image", "label"}`` with one row per image, or None.
         batch_size: pairs per batch (and source images per batch).
         seed: the order's seed.
@@ -145,12 +161,17 @@ def target_batches(target: dict, *, source: Optional[dict] = None, batch_size: i
         source = {key: _rows(values) for key, values in source.items()}
         m = len(next(iter(source.values())))
     drop_remainder = shuffle and n > batch_size
+    views = int(target["image_views"].shape[1]) if "image_views" in target else 0
 
     def one_epoch(epoch):
         epoch = tf.cast(epoch, tf.int64)
         order = _permutation(n, tf.stack([tf.constant(seed, tf.int64), epoch])) if shuffle else tf.range(n)
         pairs = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-        pairs = pairs.map(lambda index: _gather(target, index))
+        if views:
+            shown = _view_choice(n, views, seed, epoch) if shuffle else tf.zeros([n], tf.int32)
+            pairs = pairs.map(lambda index: _show_view(_gather(target, index), tf.gather(shown, index)))
+        else:
+            pairs = pairs.map(lambda index: _gather(target, index))
         if source is None:
             return pairs.map(lambda t: {"target": t})
         source_seed = tf.constant(seed + 1, tf.int64) * 1_000_003 + epoch

@@ -59,7 +59,8 @@ NEW_COLLECTION_DEFAULTS = {
     "model.branch_widths": (0, 0), "model.shared_widths": (0, 0), "model.members": 0, "model.dropout": 0.5,
     "model.text_input_norm": "l2", "model.text_vocab_size": 5000, "optimizer.name": "adam",
     "optimizer.learning_rate": 1e-3,
-    "optimizer.schedule": "cosine", "train.batch_size": 32, "train.epochs": 100,
+    "optimizer.schedule": "cosine", "train.batch_size": 32, "train.epochs": 100, "train.image_views": 5,
+    "model.input_dropout": 0.3,
 }
 
 

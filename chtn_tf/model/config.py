@@ -38,7 +38,7 @@ FIELD_RANGES = {
     "model.input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
     "model.image_top_blocks": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
-    "train.early_stopping_patience": (0, None, True),
+    "train.early_stopping_patience": (0, None, True), "train.image_views": (1, 8, True),
 }
 
 
@@ -222,6 +222,10 @@ class TrainConfig:
         backbone: image backbone for raw-image datasets (``auto``, ``efficientnet-lite0``,
             ``resnet50-v2`` or a TF-Hub handle).
         early_stopping_patience: stop after this many epochs without a better validation MAP (0: never).
+        image_views: views of each training image whose backbone features are cached (1 to 7, taken in the
+            order of :data:`chtn_tf.backbones.views.TRAIN_VIEW_ORDER`: the image as served, its mirror, 80%
+            crops); every epoch each training pair sees one of them, drawn from the seed and the epoch.
+            Validation, test and the source domain always use the image as served. Needs raw images.
     """
 
     epochs: int = 30
@@ -229,6 +233,7 @@ class TrainConfig:
     seed: int = 0
     backbone: str = "auto"
     early_stopping_patience: int = 0
+    image_views: int = 1
 
 
 @dataclasses.dataclass
