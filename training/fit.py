@@ -174,10 +174,11 @@ def print_problems(dataset, *, limit: int = 10) -> None:
 
 def _image_input(inputs) -> str:
     top_blocks = inputs.backbone.get("top_blocks")
+    views = f", {inputs.num_train_views} views per training image" if inputs.num_train_views > 1 else ""
     if not top_blocks:
-        return f"{inputs.feature_dim}-d"
+        return f"{inputs.feature_dim}-d{views}"
     shape = "x".join(str(d) for d in inputs.backbone["map_shape"])
-    return f"cached {shape} feature maps; its last {top_blocks} block(s) and head train from ImageNet weights"
+    return f"cached {shape} feature maps{views}; its last {top_blocks} block(s) and head train from ImageNet weights"
 
 
 if __name__ == "__main__":
