@@ -147,7 +147,8 @@ def prepare_inputs(config: ExperimentConfig, *, progress: bool = True, dataset: 
                      "%d-way classifier on the backbone top", ", ".join(source_classes[:3]), len(source_classes))
     inputs = PreparedInputs(dataset, features, source_features, source_labels, source_classes, backbone,
                             source_imagenet_labels=bool(top_blocks) and imagenet is not None)
-    return add_train_views(inputs, config.train.image_views, shard=shard, progress=progress)
+    return add_train_views(inputs, config.train.image_views, shard=shard, progress=progress,
+                           extractor=None if dataset.image_kind == "features" else extractor)
 
 
 def _extractor_of(backbone: dict):
@@ -160,11 +161,13 @@ def _extractor_of(backbone: dict):
 
 
 def add_train_views(inputs: PreparedInputs, views: int, *, shard: tuple = (0, 1), progress: bool = True,
-                    cache_dir: Optional[str] = None) -> PreparedInputs:
+                    cache_dir: Optional[str] = None, extractor=None) -> PreparedInputs:
     """``inputs`` with the features of the first ``views`` views of every training image
     (:data:`~chtn_tf.backbones.views.TRAIN_VIEW_ORDER`) in ``train_views``; view 0 is the image as served
     (``features["train"]``, not computed again). The extra views go through the same backbone and feature cache
     (a cluster's workers share them like the features, see :func:`prepare_inputs`). ``views`` 1: unchanged.
+    ``extractor``: the backbone (spec or split backbone) that made ``features``, when the caller has it;
+    otherwise it is resolved again from ``inputs.backbone``.
 
     Raises:
         DatasetError: ``views`` > 1 but the image side is precomputed features (there are no images to view).
@@ -180,7 +183,7 @@ def add_train_views(inputs: PreparedInputs, views: int, *, shard: tuple = (0, 1)
                            f"precomputed image features here; set it to 1 (--image-views 1)")
     train = inputs.dataset.splits["train"]
     names = TRAIN_VIEW_ORDER[1:views]
-    extractor = _extractor_of(inputs.backbone)
+    extractor = extractor or _extractor_of(inputs.backbone)
     if isinstance(extractor, SplitBackbone):
         extracted = extractor.extract(train.image_paths, views=names, batch_size=EXTRACTION_BATCH, shard=shard,
                                       progress=progress, cache_dir=cache_dir)
