@@ -225,3 +225,19 @@ def test_member_dense_matches_keras_einsum_dense(equation, shape):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
     for a, b in zip(*gradients):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("text_input_dropout,text_rate", [(0.0, None), (None, 0.5), (0.2, 0.2)])
+def test_text_input_dropout_can_differ_from_the_image_inputs(text_input_dropout, text_rate):
+    config = small_config()
+    config.model.input_dropout, config.model.text_input_dropout = 0.5, text_input_dropout
+    model = small_model(config)
+
+    def input_dropout_rate(branch, name):
+        layers = [layer for layer in branch.layers if layer.name == name]
+        return layers[0].rate if layers else None
+
+    assert input_dropout_rate(model.image_branch, "image_input_dropout_i") == 0.5
+    assert input_dropout_rate(model.text_branch, "text_input_dropout") == text_rate
+    # None means "as input_dropout"; the setting survives config.json.
+    assert ExperimentConfig.from_dict(config.to_dict()).model.text_input_dropout == text_input_dropout

@@ -87,9 +87,11 @@ class CHTNModel(keras.Model):
                                                dropout=model_cfg.dropout, input_bn=model_cfg.image_input_bn,
                                                input_dropout=model_cfg.input_dropout, members=members,
                                                name="image_branch")
+        text_input_dropout = (model_cfg.input_dropout if model_cfg.text_input_dropout is None
+                              else model_cfg.text_input_dropout)
         self.text_branch = build_text_branch(vocab_size, widths=model_cfg.branch_widths, dropout=model_cfg.dropout,
                                             input_norm=model_cfg.text_input_norm,
-                                            input_dropout=model_cfg.input_dropout, members=members)
+                                            input_dropout=text_input_dropout, members=members)
         fc7_width = model_cfg.branch_widths[1]
         head = dict(widths=model_cfg.shared_widths, members=members)
         if model_cfg.shared_layers:

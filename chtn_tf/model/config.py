@@ -35,7 +35,7 @@ FIELD_RANGES = {
     "loss.mmd_kernel_mul": (0.0, None, False),
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
-    "model.input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
+    "model.input_dropout": (0.0, 1.0, True), "model.text_input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
     "model.image_top_blocks": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True), "train.image_views": (1, 8, True),
@@ -121,7 +121,9 @@ class ModelConfig:
         image_input_bn: BatchNorm on the image feature vector before fc6 (see ``build_image_branch``).
         text_input_norm: how the bag of words enters fc6: ``batchnorm`` (released) or ``l2`` (log-scaled
             term weights, L2-normalised per text: no batch statistics, which are noise on small batches).
-        input_dropout: dropout rate on both branches' inputs.
+        input_dropout: dropout rate on the image branch's input (and the text branch's, unless
+            ``text_input_dropout`` says otherwise).
+        text_input_dropout: dropout rate on the text branch's input; None: ``input_dropout``.
         members: independently initialised copies of every layer trained side by side in one model (a packed
             ensemble: each member has its own branches and shared head, its own loss terms, averaged); the
             common representation averages the members' fc10 probabilities (fc9: concatenates them). On a few
@@ -146,6 +148,7 @@ class ModelConfig:
     image_input_bn: bool = True
     text_input_norm: str = "batchnorm"
     input_dropout: float = 0.0
+    text_input_dropout: Optional[float] = None
     members: int = 1
     image_top_blocks: int = 0
 
