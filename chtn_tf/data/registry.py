@@ -55,14 +55,15 @@ DATASETS = {
 # (246 pairs at batch 64 are 4 steps an epoch), and the text input L2-normalised instead of batch-normalised
 # (batch statistics of 32 sparse rows are noise), and the 5,000 most frequent terms a tf-idf baseline keeps (3,000
 # drop much of a short text's rare character bigrams). Five cached views per training image (the image, its mirror,
-# three 80% crops; one per pair per epoch) and dropout 0.3 on both inputs: more image variety than ~250 photos give,
-# measured with Lite2 features and 5 members (benchmarks/RESULTS.md, small collections).
+# three 80% crops; one per pair per epoch) and dropout 0.3 on the image input: more image variety than ~250 photos
+# give, measured with Lite2 features and 5 members (benchmarks/RESULTS.md, small collections); none on the text
+# input, where dropping 30% of a short text's few terms cost more than it regularised.
 NEW_COLLECTION_DEFAULTS = {
     "model.branch_widths": (0, 0), "model.shared_widths": (0, 0), "model.members": 0, "model.dropout": 0.5,
     "model.text_input_norm": "l2", "model.text_vocab_size": 5000, "optimizer.name": "adam",
     "optimizer.learning_rate": 1e-3,
     "optimizer.schedule": "cosine", "train.batch_size": 32, "train.epochs": 100, "train.image_views": 5,
-    "model.input_dropout": 0.3,
+    "model.input_dropout": 0.3, "model.text_input_dropout": 0.0,
 }
 
 
