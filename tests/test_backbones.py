@@ -177,7 +177,9 @@ def test_exported_lite0_reloads_with_plain_tensorflow_hub(lite0_classification):
         "_generic_user_object", "trackable_list_wrapper", "signature_map", "trackable_dict_wrapper"}
 
 
-@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+# Lite1 and Lite2 (~30 s each on 2 cores) run with `pytest -m slow`.
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", pytest.param("efficientnet-lite1", marks=pytest.mark.slow),
+                                  pytest.param("efficientnet-lite2", marks=pytest.mark.slow)])
 def test_lite_modules_recognise_real_imagenet_photos(arch, classification_module, real_data_dir):
     """A few Imagenette val photos must be classified right (the full check is benchmarks/backbone_accuracy.py)."""
     import tensorflow_hub as hub

@@ -224,6 +224,7 @@ def equivalence_setup(tmp_path_factory):
     return root, argv
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_mirrored_over_two_cpu_devices_trains_like_one_device(equivalence_setup, monkeypatch):
     root, argv = equivalence_setup
     monkeypatch.setenv("CHTN_CACHE_DIR", str(root / "cache"))
@@ -309,6 +310,7 @@ def test_a_worker_reads_the_chiefs_checkpoint_once_at_resume(tmp_path):
     worker.save_last(1, state)  # the worker's own (throw-away) save must not need the old file
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_a_search_trains_its_trials_under_a_mirrored_strategy(tmp_path, capsys):
     """`training.tune --strategy mirrored`: keras-tuner's callbacks through the replica loop give the trial the
     validation MAP the default strategy gives (one CPU device here: one replica)."""

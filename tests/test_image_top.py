@@ -119,6 +119,7 @@ def _photo_manifest(real_data_dir, folder) -> tuple:
     return str(folder / "pairs.csv"), str(folder / "source")
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_fit_with_a_trainable_top_exports_encoders_that_reproduce_its_results(real_data_dir, tmp_path):
     from export import verify
     from export.saved_model import export_run

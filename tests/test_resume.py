@@ -260,6 +260,7 @@ def test_early_stopping_continues_its_count_after_a_resume():
     assert not stopped_early(state, 3) and stopped_early({**state, "epoch": 6}, 3) and not stopped_early(state, 0)
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_widths_left_to_the_data_are_chosen_once_written_and_resumed(setup, tmp_path, capsys):
     config = ExperimentConfig.from_json(str(setup["root"] / "small.json"))
     config.model.branch_widths, config.model.shared_widths, config.model.members = (0, 0), (0, 16), 0

@@ -74,7 +74,7 @@ def real_photos(data_dir, per_class=2):
     return paths, np.array(truth)
 
 
-@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnet-lite2"])
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", pytest.param("efficientnet-lite2", marks=pytest.mark.slow)])
 def test_cached_maps_through_the_top_give_the_full_backbone_features_and_logits(arch, real_data_dir, tmp_path):
     split = SplitBackbone(arch)
     paths, truth = real_photos(real_data_dir)
@@ -167,6 +167,7 @@ def test_top_and_classifier_train_with_batchnorm_and_reload_from_keras_weights(t
     np.testing.assert_allclose(fresh(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_exported_image_path_on_jpeg_bytes_matches_cache_then_top(real_data_dir, tmp_path):
     from export.saved_model import non_core_ops
 

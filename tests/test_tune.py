@@ -81,6 +81,7 @@ def test_mmd_weight_is_searched_when_there_is_a_source_domain(prepared):
     assert space["pair_weight"].sampling == space["learning_rate"].sampling == "log"
 
 
+@pytest.mark.slow  # ~30-60 s on 2 cores: in `pytest -m slow` (CI runs both)
 def test_search_resumes_and_best_config_retrains_the_best_trial(small_setup, capsys):
     root, base_path = small_setup
     out = root / "search"
