@@ -43,6 +43,8 @@ VARIANTS = {
     "CHTN, no pair constraint": {"loss.pair": 0.0},
     "CHTN, no shared layers": {"model.shared_layers": False},
     "CHTN, frozen backbone top": {"model.image_top_blocks": 0},
+    "CHTN, one network 1024 wide (default until 2026-12-03)": {
+        "model.members": 1, "model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024)},
     "CHTN as of 2026-12-01 (frozen Lite0)": {"model.image_top_blocks": 0, "train.backbone": "efficientnet-lite0"},
     "CHTN, Lite0 top trained from ImageNet (1 block + head)": {"model.image_top_blocks": 1,
                                                                "train.backbone": "efficientnet-lite0"},

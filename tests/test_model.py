@@ -51,7 +51,8 @@ def test_config_json_round_trip(tmp_path):
     config.to_json(path)
     again = ExperimentConfig.from_json(path)
     assert again == config
-    assert again.loss.mmd == 0.25 and again.model.branch_widths == (1024, 1024)  # the Web News default
+    assert again.loss.mmd == 0.25 and again.model.branch_widths == (512, 512)  # the Web News default
+    assert again.model.members == 3
     # The paper's values are the defaults.
     default = ExperimentConfig()
     assert (default.loss.mmd, default.loss.pair, default.optimizer.learning_rate) == (1.0, 0.001, 0.01)

@@ -5,13 +5,15 @@ The released model's 4096-wide layers were made for tens of thousands of images;
 few hundred pairs they memorise the training set within a few steps and lose to a per-modality logistic
 regression (benchmarks/RESULTS.md, small collections). Measured on the small-collection test bed
 (:mod:`benchmarks.testbed`, 5 draws of ~250 training pairs, test MAP): 64 wide 0.496, 128 wide 0.541,
-256 wide 0.530, 4096 wide 0.402 (Web News draws); on the full Web News training split (2,400 pairs) 1024-wide
-layers are best. Between these points the width grows in proportion to the number of training pairs.
+256 wide 0.530, 4096 wide 0.402 (Web News draws); on the full Web News training split (2,400 pairs) three
+512-wide members (0.488) beat one 1024-wide network (0.472) and three 1024-wide members (0.484, seed 0). Between
+these points the width grows in proportion to the number of training pairs, up to 512.
 
 On a few hundred pairs one network's class probabilities depend much on its initialisation: five members
 (:attr:`~chtn_tf.model.config.ModelConfig.members`) averaged score 0.551 where one scores 0.538 (Web News
-draws) and 0.287 where one scores 0.273 (Wikipedia draws). Members are kept to the small widths, where they
-are cheap: at most five, and about 640 units per layer in all.
+draws) and 0.287 where one scores 0.273 (Wikipedia draws); on the full Web News and Wikipedia splits three
+512-wide members score 0.488 and 0.288 where one 1024-wide network scores 0.472 and 0.269 (3 seeds each,
+benchmarks/RESULTS.md). At most five members, and about 1,536 units per layer in all: 5 up to 256 wide, 3 at 512.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from __future__ import annotations
 import math
 
 AUTO = 0
-MIN_WIDTH, MAX_WIDTH = 128, 1024
-MAX_MEMBERS, MEMBER_UNITS = 5, 640
+MIN_WIDTH, MAX_WIDTH = 128, 512
+MAX_MEMBERS, MEMBER_UNITS = 5, 1536
 
 
 def width_for(num_train_pairs: int) -> int:
-    """The branch and shared layer width for ``num_train_pairs``: a power of two in [128, 1024].
+    """The branch and shared layer width for ``num_train_pairs``: a power of two in [128, 512].
 
-    n / 2 rounded to a power of two on the log scale: 128 up to 362 pairs, 256 up to 724, 512 up to 1,448,
-    then 1024.
+    n / 2 rounded to a power of two on the log scale: 128 up to 362 pairs, 256 up to 724, then 512.
     """
     target = max(int(num_train_pairs), 1) / 2.0
     width = 2 ** round(math.log2(target))
@@ -35,7 +36,7 @@ def width_for(num_train_pairs: int) -> int:
 
 
 def members_for(width: int) -> int:
-    """Ensemble members for layers ``width`` wide: 5 at 128, 2 at 256, 1 from 512 on."""
+    """Ensemble members for layers ``width`` wide: 5 up to 256, 3 at 512, 1 from 1024 on."""
     return int(min(MAX_MEMBERS, max(1, MEMBER_UNITS // max(int(width), 1))))
 
 
