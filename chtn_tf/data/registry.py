@@ -36,7 +36,7 @@ class RegisteredDataset:
 _SMALL_DATA = {"model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024), "model.dropout": 0.5}
 # Three networks 512 wide, their class probabilities averaged (chtn_tf.model.sizing): at the same cost as one
 # 1024-wide network they score higher on test and no lower on validation, 3 seeds each (benchmarks/RESULTS.md):
-# Web News 0.488 +- 0.006 vs 0.472 +- 0.007, Wikipedia 0.288 +- 0.002 vs 0.269 +- 0.004.
+# Web News 0.488 +- 0.005 vs 0.472 +- 0.007, Wikipedia 0.288 +- 0.002 vs 0.269 +- 0.003.
 _SMALL_DATA_ENSEMBLE = {**_SMALL_DATA, "model.branch_widths": (512, 512), "model.shared_widths": (512, 512),
                         "model.members": 3}
 
