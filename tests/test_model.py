@@ -144,7 +144,8 @@ def test_save_load_gives_the_same_codes(tmp_path, members):
     assert info["class_names"] == ["fruit", "car"]
 
 
-@pytest.mark.parametrize("analyzer,weighting", [("word", "tf_idf"), ("char", "tf_idf"), ("char", "count")])
+@pytest.mark.parametrize("analyzer,weighting", [("word", "tf_idf"), ("char", "tf_idf"), ("char", "count"),
+                                               ("mixed", "tf_idf")])
 def test_text_vectorizer_file_rebuilds_the_same_layer(tmp_path, analyzer, weighting):
     texts = ["Red apple, fruit!", "green apple\ntree", "国庆长假期间，大桥的建设者", "car road fast fast"]
     config = ModelConfig(text_analyzer=analyzer, text_weighting=weighting, text_vocab_size=30)
@@ -242,3 +243,44 @@ def test_text_input_dropout_can_differ_from_the_image_inputs(text_input_dropout,
     assert input_dropout_rate(model.text_branch, "text_input_dropout") == text_rate
     # None means "as input_dropout"; the setting survives config.json.
     assert ExperimentConfig.from_dict(config.to_dict()).model.text_input_dropout == text_input_dropout
+
+
+def test_mixed_analyzer_splits_unspaced_scripts_by_character_and_keeps_other_words_whole():
+    config = ModelConfig(text_analyzer="mixed", text_weighting="count", text_vocab_size=100)
+    layer = build_text_vectorizer(config, ["NBA总决赛，Game 7!", "東京オリ café-au-lait"])
+    # By hand: punctuation of any script goes, Han and kana characters one by one, other words whole, plus bigrams.
+    expected = {"nba", "总", "决", "赛", "game", "7", "nba 总", "总 决", "决 赛", "赛 game", "game 7",
+                "東", "京", "オ", "リ", "café", "au", "lait", "東 京", "京 オ", "オ リ", "リ café", "café au", "au lait"}
+    assert set(layer.get_vocabulary()[1:]) == expected
+    counts = dict(zip(layer.get_vocabulary(), layer(tf.constant(["总决赛 总 GAME"])).numpy()[0]))
+    assert (counts["总"], counts["game"], counts["总 决"], counts["决 赛"], counts["[UNK]"]) == (2, 1, 1, 1, 2)
+
+
+def test_mixed_analyzer_exports_with_stock_ops_only(tmp_path):
+    from export.saved_model import non_core_ops
+
+    texts = ["NBA总决赛，Game 7!", "東京オリ café", "国庆长假期间 the bridge"]
+    layer = build_text_vectorizer(ModelConfig(text_analyzer="mixed", text_vocab_size=50), texts)
+    save_text_vectorizer(layer, str(tmp_path / "v.json"))
+    loaded = load_text_vectorizer(str(tmp_path / "v.json"))
+    module = tf.Module()
+    module.vectorizer = loaded
+    module.serve = tf.function(lambda text: {"bow": loaded(text)},
+                               input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    assert non_core_ops(str(tmp_path / "sm")) == []
+    queries = tf.constant(texts + ["总决赛 game", ""])
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](text=queries)["bow"]
+    np.testing.assert_allclose(served.numpy(), layer(queries).numpy(), rtol=1e-6)
+
+
+def test_auto_analyzer_follows_the_scripts_of_the_training_texts():
+    from chtn_tf.model.text import resolve_analyzer
+
+    auto = ModelConfig()
+    english = ["a red apple", "the green tree"] * 10
+    assert resolve_analyzer(auto, english) == "word"
+    assert resolve_analyzer(auto, ["国庆长假期间", "大桥的建设者", "a red apple"]) == "mixed"  # most are CJK
+    assert resolve_analyzer(auto, english[:19] + ["NBA总决赛 tonight"]) == "mixed"  # 1 of 20 (5%) holds Han
+    assert resolve_analyzer(auto, english * 2 + ["東京 tonight"]) == "word"  # 1 of 41 (< 5%)
+    assert resolve_analyzer(ModelConfig(text_analyzer="char"), english) == "char"  # a configured one is kept

@@ -16,7 +16,7 @@ from chtn_tf.atomic import write_json_atomic
 from chtn_tf.data.registry import NEW_COLLECTION_DEFAULTS, registered
 
 REPRESENTATIONS = ("fc10", "fc9")
-TEXT_ANALYZERS = ("auto", "word", "char")
+TEXT_ANALYZERS = ("auto", "word", "char", "mixed")
 TEXT_WEIGHTINGS = ("tf_idf", "count")
 
 # Allowed values of the fields that name a choice.
@@ -112,8 +112,10 @@ class ModelConfig:
         shared_widths: widths of the shared correlation layers fc8 and fc9 (0: as above).
         text_vocab_size: bag-of-words size (most frequent training terms).
         text_weighting: ``tf_idf`` or ``count``.
-        text_analyzer: ``word`` (lower-cased words), ``char`` (character uni+bi-grams, for Chinese),
-            ``auto`` (``char`` when most training texts are CJK).
+        text_analyzer: ``word`` (lower-cased words), ``char`` (character uni+bi-grams, for Chinese), ``mixed``
+            (Han/kana/Hangul characters one by one, other words whole, uni+bi-grams: mixed-script texts),
+            ``auto`` (``mixed`` when 5% or more of the training texts hold Han, kana or Hangul characters,
+            else ``word``).
         representation: common representation used for retrieval: ``fc10`` (softmax probabilities)
             or ``fc9`` (activations).
         dropout: dropout rate after each branch fc layer (0 in the released model).
