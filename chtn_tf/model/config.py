@@ -114,8 +114,8 @@ class ModelConfig:
         text_weighting: ``tf_idf`` or ``count``.
         text_analyzer: ``word`` (lower-cased words), ``char`` (character uni+bi-grams, for Chinese), ``mixed``
             (Han/kana/Hangul characters one by one, other words whole, uni+bi-grams: mixed-script texts),
-            ``auto`` (``mixed`` when 5% or more of the training texts hold Han, kana or Hangul characters,
-            else ``word``).
+            ``auto`` (``char`` when most training texts are CJK, ``mixed`` when 5% or more hold Han, kana or
+            Hangul characters, else ``word``).
         representation: common representation used for retrieval: ``fc10`` (softmax probabilities)
             or ``fc9`` (activations).
         dropout: dropout rate after each branch fc layer (0 in the released model).
