@@ -280,6 +280,7 @@ def test_auto_analyzer_follows_the_scripts_of_the_training_texts():
     auto = ModelConfig()
     english = ["a red apple", "the green tree"] * 10
     assert resolve_analyzer(auto, english) == "word"
+    assert resolve_analyzer(auto, []) == "word"
     assert resolve_analyzer(auto, ["国庆长假期间", "大桥的建设者", "a red apple"]) == "char"  # most are CJK
     assert resolve_analyzer(auto, english[:19] + ["NBA总决赛 tonight"]) == "mixed"  # 1 of 20 (5%) holds Han
     assert resolve_analyzer(auto, english * 2 + ["東京 tonight"]) == "word"  # 1 of 41 (< 5%)

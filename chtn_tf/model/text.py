@@ -2,9 +2,10 @@
 
 The vectoriser is a ``keras.layers.TextVectorization`` (core TF ops only, so it exports to TF Serving):
 lower-cased words for alphabetic languages, character uni- and bi-grams for Chinese (no word segmenter
-needed, and the bigrams recover most two-character words), or both in one text for mixed scripts (``mixed``: every
-Han/kana/Hangul character a token of its own, other words whole, and bigrams over the sequence). Its vocabulary and idf weights are adapted on
-the training texts only and saved beside the run, so the exact same vectoriser can be rebuilt.
+needed, and the bigrams recover most two-character words), or both in one text for mixed scripts (``mixed``:
+every Han/kana/Hangul character a token of its own, other words whole, and bigrams over the sequence). Its
+vocabulary and idf weights are adapted on the training texts only and saved beside the run, so the exact same
+vectoriser can be rebuilt.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def resolve_analyzer(config: ModelConfig, train_texts) -> str:
     sample = list(train_texts)[:200]
     if sum(is_cjk_text(t) for t in sample) > len(sample) / 2:
         return "char"
-    return "mixed" if sum(has_unspaced_script(t) for t in sample) >= 0.05 * len(sample) else "word"
+    unspaced = sum(has_unspaced_script(t) for t in sample)
+    return "mixed" if unspaced and unspaced >= 0.05 * len(sample) else "word"
 
 
 # Characters of scripts written without spaces between words; each becomes a token of its own in ``mixed``.
