@@ -31,7 +31,10 @@ def is_cjk_text(text: str) -> bool:
 
 
 def has_unspaced_script(text: str) -> bool:
-    """Whether ``text`` holds a Han, kana or Hangul character (a script the ``word`` analyzer cannot split)."""
+    """Whether ``text`` holds a Han, kana or Hangul character (a script the ``word`` analyzer cannot split).
+
+    The same scripts as ``_UNSPACED_SCRIPT`` below, by Unicode name: Python's ``re`` has no ``\\p{Han}``.
+    """
     return any(unicodedata.name(c, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) for c in text[:2000])
 
 
