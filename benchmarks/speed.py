@@ -63,9 +63,10 @@ def _webnews_config(config_file):
 
 
 def describe(config) -> str:
-    """A config in a few words: widths, text input, optimiser, batch, epochs."""
+    """A config in a few words: ensemble members, widths, text input, optimiser, batch, epochs."""
     m, o = config.model, config.optimizer
-    return (f"fc6/fc7 {'/'.join(map(str, m.branch_widths))}, fc8/fc9 {'/'.join(map(str, m.shared_widths))}, "
+    members = f"{m.members} members, " if m.members > 1 else ""
+    return (f"{members}fc6/fc7 {'/'.join(map(str, m.branch_widths))}, fc8/fc9 {'/'.join(map(str, m.shared_widths))}, "
             f"{m.text_vocab_size} terms ({m.text_input_norm}), {o.name} {o.learning_rate:g} {o.schedule}, "
             f"batch {config.train.batch_size}, {config.train.epochs} epochs")
 
