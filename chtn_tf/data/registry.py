@@ -35,8 +35,8 @@ class RegisteredDataset:
 # ~10x slower and overfit a 2,000-pair training set within a few epochs.
 _SMALL_DATA = {"model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024), "model.dropout": 0.5}
 # Three networks 512 wide, their class probabilities averaged (chtn_tf.model.sizing): a Web News run trains in
-# 302 s (Xeon; one 1024-wide network 274-298 s on an AMD EPYC), and they score higher on test and no lower on
-# validation, 3 seeds each (benchmarks/RESULTS.md):
+# 229 s where one 1024-wide network takes 91 s (benchmarks/speed.py, the same 2-core Xeon), and they score higher
+# on test and no lower on validation, 3 seeds each (benchmarks/RESULTS.md):
 # Web News 0.488 +- 0.005 vs 0.472 +- 0.007, Wikipedia 0.288 +- 0.002 vs 0.269 +- 0.003.
 _SMALL_DATA_ENSEMBLE = {**_SMALL_DATA, "model.branch_widths": (512, 512), "model.shared_widths": (512, 512),
                         "model.members": 3}
