@@ -2,6 +2,7 @@
 
     python -m export.client --text "a football match" --text "stock market" [--rest localhost:8501]
     python -m export.client --image photo.jpg --grpc localhost:8500 [--out embeddings.npy]
+    python -m export.client --text-gallery --text "..."   # texts as items for image queries to find
 
 Inputs are sent in batches (``--batch-size``); every request has a timeout; failures raise
 :class:`ServingError` whose message says what went wrong (server not reachable, no such model or
@@ -172,9 +173,11 @@ class GrpcClient:
         self.close()
 
 
-def embed_texts(client, texts, *, model: str = TEXT_MODEL) -> np.ndarray:
-    """Embeddings of raw texts (``chtn_text`` ``serving_default``)."""
-    return client.predict(model, "text", [t.encode("utf-8") if isinstance(t, str) else t for t in texts])
+def embed_texts(client, texts, *, model: str = TEXT_MODEL, gallery: bool = False) -> np.ndarray:
+    """Embeddings of raw texts: as queries (``chtn_text`` ``serving_default``), or with ``gallery`` as items
+    that image queries find (``serving_gallery``: what a text index stores)."""
+    return client.predict(model, "text", [t.encode("utf-8") if isinstance(t, str) else t for t in texts],
+                          signature="serving_gallery" if gallery else "serving_default")
 
 
 def embed_image_bytes(client, encoded, *, model: str = IMAGE_MODEL) -> np.ndarray:
@@ -205,6 +208,9 @@ def main(argv=None) -> int:
     parser.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
     parser.add_argument("--image-model", default=IMAGE_MODEL)
     parser.add_argument("--text-model", default=TEXT_MODEL)
+    parser.add_argument("--text-gallery", action="store_true",
+                        help="embed the texts as items for image queries to find (signature serving_gallery), not "
+                             "as queries")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per request")
     parser.add_argument("--out", help="also save the embeddings (texts first, then images) to this .npy file")
@@ -218,7 +224,7 @@ def main(argv=None) -> int:
     try:
         vectors = []
         if args.text:
-            vectors.append(embed_texts(client, args.text, model=args.text_model))
+            vectors.append(embed_texts(client, args.text, model=args.text_model, gallery=args.text_gallery))
             for text, vector in zip(args.text, vectors[-1]):
                 print(f"text  {text[:40]!r}: {np.array2string(vector, precision=4)}")
         if args.image:

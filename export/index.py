@@ -6,7 +6,8 @@
     python -m export.index query --index INDEX --image photo.jpg -k 10 [--html matches.html]
 
 ``build`` embeds a gallery's images and texts with one exported version (the highest unless ``--version``;
-``query`` keeps using that version) and writes, atomically, the folder ``INDEX``: ``index.json`` (versions
+``query`` keeps using that version; texts as gallery items through ``serving_gallery``, a text query through
+``serving_default``) and writes, atomically, the folder ``INDEX``: ``index.json`` (versions
 used, ids, labels, texts, image paths, class names, the pairs the reader dropped) and, per gallery
 (``images``, ``texts``), FAISS index files written with ``faiss.write_index``: an exact inner-product index
 (``IndexFlatIP``) and an approximate one (IVF: ``IndexIVFFlat``, or HNSW: ``IndexHNSWFlat``). The gallery
@@ -266,18 +267,20 @@ def build(serving: str, out: str, *, run=None, dataset=None, manifest=None, data
             raise ValueError(f"{encoders.image_dir} takes encoded images, but {data.name} has only "
                              f"precomputed features")
         image_codes = encoders.embed_image_files(paths)
-    codes = {"images": normalise(image_codes), "texts": normalise(encoders.embed_texts(texts))}
+    # A text gallery holds the texts' gallery codes; the recall check queries the images with their query codes.
+    codes = {"images": normalise(image_codes), "texts": normalise(encoders.embed_text_gallery(texts))}
+    queries = {"images": normalise(encoders.embed_texts(texts[:2000])), "texts": codes["images"][:2000]}
 
     with atomic_dir(out) as tmp:
         files, recall = {}, {}
-        for name, other in (("images", "texts"), ("texts", "images")):
+        for name in ("images", "texts"):
             files[name] = {"exact": write_shards(codes[name], "exact", tmp, name, shard_size=shard_size),
                            approximate: write_shards(codes[name], approximate, tmp, name, shard_size=shard_size,
                                                      cells=cells, **({"hnsw_m": hnsw_m} if approximate == "hnsw"
                                                                      else {}))}
             index = open_index([os.path.join(tmp, f) for f in files[name][approximate]], approximate, mmap=False)
             set_search_parameters(index, **_search_parameters(approximate, nprobe, ef_search))
-            recall[name] = measure_recall(index, codes[name], codes[other][:2000])
+            recall[name] = measure_recall(index, codes[name], queries[name])
         meta = {"serving": os.path.abspath(serving), "image_model": os.path.abspath(encoders.image_dir),
                 "text_model": os.path.abspath(encoders.text_dir), "image_input": encoders.image_input,
                 "dataset": data.name, "run": os.path.abspath(run) if run else None, "split": split,

@@ -12,7 +12,8 @@ from export.layout import version_dirs
 
 
 class ExportedEncoders:
-    """Both exported encoders of one version, called through their ``serving_default`` signatures.
+    """Both exported encoders of one version, called through their signatures (texts as queries through
+    ``serving_default``, as gallery items through ``serving_gallery``).
 
     Args:
         image_dir: a ``chtn_image/<version>`` folder.
@@ -26,7 +27,10 @@ class ExportedEncoders:
     def __init__(self, image_dir: str, text_dir: str, *, batch_size: int = 64):
         self.image_dir, self.text_dir, self.batch_size = image_dir, text_dir, batch_size
         self._image = tf.saved_model.load(image_dir).signatures["serving_default"]
-        self._text = tf.saved_model.load(text_dir).signatures["serving_default"]
+        text_signatures = tf.saved_model.load(text_dir).signatures
+        self._text = text_signatures["serving_default"]
+        # Exports older than the gallery signature have one text code for both roles.
+        self._text_gallery = text_signatures.get("serving_gallery", self._text)
         self.image_input = next(iter(self._image.structured_input_signature[1]))
 
     @classmethod
@@ -40,8 +44,13 @@ class ExportedEncoders:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed_texts(self, texts) -> np.ndarray:
-        """Embeddings of raw texts."""
+        """Embeddings of raw texts as queries (to find images)."""
         return self._run(self._text, "text", [t.encode("utf-8") if isinstance(t, str) else t for t in texts])
+
+    def embed_text_gallery(self, texts) -> np.ndarray:
+        """Embeddings of raw texts as items to find (by image queries, e.g. in an index)."""
+        return self._run(self._text_gallery, "text",
+                         [t.encode("utf-8") if isinstance(t, str) else t for t in texts])
 
     def embed_features(self, features) -> np.ndarray:
         """Embeddings of precomputed image features (exports of precomputed-feature runs only)."""

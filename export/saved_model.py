@@ -10,10 +10,14 @@ writes ``SERVING_DIR/chtn_image/<version>/`` and ``SERVING_DIR/chtn_text/<versio
   ``[batch, S, S, 3]`` in [0, 1], S = the backbone's input size) -> ``embedding``. A run trained on
   precomputed image features (Wikipedia SIFT) has one signature, ``serving_default``: ``features`` (float32
   ``[batch, d]``) -> ``embedding``.
-- ``chtn_text`` ``serving_default``: ``text`` (string ``[batch]``, raw UTF-8 text) -> ``embedding``.
+- ``chtn_text`` ``serving_default``: ``text`` (string ``[batch]``, raw UTF-8 text) -> ``embedding``, a text's
+  code as a query (text->image); ``serving_gallery``: ``text`` -> ``embedding``, its code as an item to find
+  (what image->text ranks and a text index stores). The two differ when the run mixes a text regression into
+  the gallery codes (``model.text_gallery_linear_weight``), else they are the same.
 
-``embedding`` is the common representation the run was evaluated with: cosine similarity between the two
-encoders' outputs reproduces the run's retrieval. Each version folder also holds
+``embedding`` is the common representation the run was evaluated with: cosine similarity between an image's
+and a text's gallery embedding reproduces the run's image->text retrieval, between a text's query embedding and
+an image's its text->image retrieval. Each version folder also holds
 ``assets.extra/tf_serving_warmup_requests`` (one PredictionLog per signature). Both versions are written
 under hidden temporary names beside them and renamed into place only once both are complete, so a server
 polling the folder never sees half of a version, nor an image version without its text version; the hidden
@@ -42,6 +46,7 @@ from chtn_tf.model.persist import load_trained_model
 from export.layout import IMAGE_MODEL, TEXT_MODEL, next_version
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+GALLERY_SIGNATURE = "serving_gallery"
 
 
 def image_signatures(model, info) -> tuple:
@@ -84,12 +89,15 @@ def image_signatures(model, info) -> tuple:
 
 
 def text_signatures(model) -> tuple:
-    """``({signature name: (function, input signature)}, objects to track)`` of the text encoder."""
-    encoder = model.text_encoder
+    """``({signature name: (function, input signature)}, objects to track)`` of the text encoders: query codes
+    (``serving_default``) and gallery codes (``serving_gallery``)."""
+    query, gallery = model.text_encoder, model.text_gallery_encoder
+    spec = [tf.TensorSpec([None], tf.string, name="text")]
     # Only the vectoriser is tracked: its vocabulary table is not a variable, so the endpoint alone would leave
     # it out; everything else is a variable the endpoint captures (see stage_version).
-    return {"serving_default": (lambda text: {"embedding": encoder(text, training=False)},
-                                [tf.TensorSpec([None], tf.string, name="text")])}, [model.text_vectorizer]
+    return {"serving_default": (lambda text: {"embedding": query(text, training=False)}, spec),
+            GALLERY_SIGNATURE: (lambda text: {"embedding": gallery(text, training=False)}, spec)}, \
+        [model.text_vectorizer]
 
 
 def saved_model_ops(path: str) -> set:
@@ -154,8 +162,8 @@ def _warmup_requests(info) -> tuple:
         size = int(backbone_info["image_size"])
         image = {"serving_default": {"image_bytes": np.array(_sample_image_bytes(), dtype=object)},
                  "serving_images": {"images": np.full([1, size, size, 3], 0.5, np.float32)}}
-    text = {"serving_default": {"text": np.array([b"warm up", "中文".encode("utf-8")], dtype=object)}}
-    return image, text
+    sample = {"text": np.array([b"warm up", "中文".encode("utf-8")], dtype=object)}
+    return image, {"serving_default": sample, GALLERY_SIGNATURE: sample}
 
 
 def stage_version(model_dir: str, version: int, signatures: dict, tracked: list, warmup: dict) -> str:

@@ -41,7 +41,7 @@ def verify(run_dir: str, serving_dir: str, *, version: int | None = None, data_d
     else:
         image_codes = encoders.embed_features(test.image_features)
     text_codes = encoders.embed_texts(test.texts)
-    i2t = mean_average_precision(image_codes, test.labels, text_codes, test.labels)
+    i2t = mean_average_precision(image_codes, test.labels, encoders.embed_text_gallery(test.texts), test.labels)
     t2i = mean_average_precision(text_codes, test.labels, image_codes, test.labels)
     ok = (abs(i2t - results["map_i2t"]) <= tolerance and abs(t2i - results["map_t2i"]) <= tolerance
           and len(test) == results.get("n_test", len(test)))

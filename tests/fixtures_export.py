@@ -30,6 +30,7 @@ def small_config(path, *, members: int = 1) -> str:
     config.model.branch_widths = (16, 16)
     config.model.shared_widths = (16, 8)
     config.model.members = members
+    config.model.text_gallery_linear_weight = 0.5  # the exports have distinct text query and gallery codes
     config.train.batch_size = 8
     config.to_json(str(path))
     return str(path)

@@ -162,6 +162,10 @@ def test_client_embeds_in_batches_like_the_saved_models(kind, servers, feature_r
     np.testing.assert_allclose(serving_client.embed_features(client, features), want_image, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(client.predict("chtn_text", "text", [t.encode() for t in texts], version=1),
                                want_text, rtol=1e-5, atol=1e-6)
+    want_gallery = tf.saved_model.load(feature_run["written"]["text"]).signatures["serving_gallery"](
+        text=tf.constant(texts))["embedding"].numpy()
+    np.testing.assert_allclose(serving_client.embed_texts(client, texts, gallery=True), want_gallery, rtol=1e-5,
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["grpc", "rest"])

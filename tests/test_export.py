@@ -27,6 +27,9 @@ def test_features_export_reproduces_the_live_model(feature_run):
                                model.encode_images(features), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(text_model.signatures["serving_default"](text=tf.constant(texts))["embedding"],
                                model.encode_texts(texts), rtol=1e-5, atol=1e-6)
+    gallery = text_model.signatures["serving_gallery"](text=tf.constant(texts))["embedding"]
+    np.testing.assert_allclose(gallery, model.encode_text_gallery(texts), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(gallery, model.encode_texts(texts), atol=1e-3)  # the run mixes in its text regression
     assert written["version"] == 1 and written["image"].endswith(os.path.join("chtn_image", "1"))
 
 
@@ -71,7 +74,8 @@ def test_signatures_are_exactly_the_documented_ones_and_load_with_plain_tensorfl
 
     assert signatures(parts[dirs[0]]) == {"serving_default": (["image_bytes"], ["embedding"]),
                                           "serving_images": (["images"], ["embedding"])}
-    assert signatures(parts[dirs[1]]) == {"serving_default": (["text"], ["embedding"])}
+    assert signatures(parts[dirs[1]]) == {"serving_default": (["text"], ["embedding"]),
+                                          "serving_gallery": (["text"], ["embedding"])}
     assert signatures(parts[dirs[2]]) == {"serving_default": (["features"], ["embedding"])}
     assert "dtype: DT_STRING" in parts[dirs[0]] and "shape: (-1)" in parts[dirs[0]]
 
@@ -94,7 +98,7 @@ def test_warmup_records_parse_and_are_valid_requests(image_run, feature_run):
     from tensorflow_serving.apis import prediction_log_pb2
 
     cases = [(image_run["written"]["image"], {"serving_default": ["image_bytes"], "serving_images": ["images"]}),
-             (image_run["written"]["text"], {"serving_default": ["text"]}),
+             (image_run["written"]["text"], {"serving_default": ["text"], "serving_gallery": ["text"]}),
              (feature_run["written"]["image"], {"serving_default": ["features"]})]
     for path, expected in cases:
         records = list(tf.data.TFRecordDataset(os.path.join(path, saved_model.WARMUP_FILE)).as_numpy_iterator())
@@ -204,7 +208,9 @@ def test_verify_reproduces_the_runs_map_through_the_saved_models(feature_run, im
         image_codes = (encoders.embed_features(test.image_features) if encoders.image_input == "features"
                        else encoders.embed_image_files(test.image_paths))
         text_codes = encoders.embed_texts(test.texts)
-        for key, (queries, gallery) in (("map_i2t", (image_codes, text_codes)), ("map_t2i", (text_codes, image_codes))):
+        text_gallery = encoders.embed_text_gallery(test.texts)  # image->text ranks the texts' gallery codes
+        for key, (queries, gallery) in (("map_i2t", (image_codes, text_gallery)),
+                                        ("map_t2i", (text_codes, image_codes))):
             lowest, highest = map_range_under_near_ties(queries, test.labels, gallery, test.labels)
             assert lowest - 1e-9 <= results[key] <= highest + 1e-9
             assert lowest - 1e-9 <= result[key] <= highest + 1e-9
@@ -222,7 +228,8 @@ def _stored_tensors(version_dir):
 def test_each_weight_is_stored_once(feature_run, kind):
     # keras-team/keras#23553: tracking a layer in ExportArchive writes every weight twice.
     model, _ = load_trained_model(feature_run["run"])
-    encoder = model.image_encoder if kind == "image" else model.text_encoder
+    # The text model holds the query encoder and the gallery encoder, which shares its layers.
+    encoder = model.image_encoder if kind == "image" else model.text_gallery_encoder
     stored = [t for t in _stored_tensors(feature_run["written"][kind]) if t.size > 1]
     matrices = [t for t in stored if t.ndim == 2]
     assert matrices, "no weight matrices stored"

@@ -107,6 +107,17 @@ def test_config_override_flags_and_ablation(tmp_path):
     assert config.loss.mmd == 0.3 and config.model.shared_layers is False and config.data.dataset == "webnews"
 
 
+def test_text_gallery_weight_flag_and_fc9_runs_without_the_text_regression():
+    parse = fit.build_parser().parse_args
+    assert fit.resolve_config(parse(["--dataset", "webnews"])).model.text_gallery_linear_weight == 0.75
+    assert fit.resolve_config(parse(["--dataset", "webnews", "--text-gallery-weight", "0.2"])
+                              ).model.text_gallery_linear_weight == 0.2
+    fc9 = fit.resolve_config(parse(["--manifest", "pairs.csv", "--representation", "fc9"]))
+    assert fc9.model.representation == "fc9" and fc9.model.text_gallery_linear_weight == 0.0
+    with pytest.raises(SystemExit):
+        parse(["--dataset", "webnews", "--text-gallery-weight", "1.5"])
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert fit.main(["--dataset", "wikipedia", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "wikipedia" in capsys.readouterr().err.lower()

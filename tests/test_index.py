@@ -64,7 +64,8 @@ def test_image_query_finds_texts_as_ranked_by_the_saved_models(image_run, tmp_pa
 
     meta = json.loads(open(f"{out}/index.json", encoding="utf-8").read())
     image_model = tf.saved_model.load(image_run["written"]["image"]).signatures["serving_default"]
-    text_model = tf.saved_model.load(image_run["written"]["text"]).signatures["serving_default"]
+    # The text gallery holds the texts' gallery codes (serving_gallery), not their query codes.
+    text_model = tf.saved_model.load(image_run["written"]["text"]).signatures["serving_gallery"]
     test = load_dataset(manifest=image_run["manifest"]).splits["test"]
     gallery = text_model(text=tf.constant(list(test.texts)))["embedding"].numpy()
     query = image_model(image_bytes=tf.constant([open(query_file, "rb").read()]))["embedding"].numpy()[0]

@@ -17,7 +17,7 @@ def retrieval_map(model, features, texts, labels) -> dict:
     """MAP@all in both directions (and their mean) of ``model`` on one split."""
     image_codes = model.encode_images(features)
     text_codes = model.encode_texts(texts)
-    i2t = float(mean_average_precision(image_codes, labels, text_codes, labels))
+    i2t = float(mean_average_precision(image_codes, labels, model.encode_text_gallery(texts), labels))
     t2i = float(mean_average_precision(text_codes, labels, image_codes, labels))
     return {"map_i2t": i2t, "map_t2i": t2i, "map_avg": (i2t + t2i) / 2}
 

@@ -32,7 +32,8 @@ def write_run_examples(model, inputs: PreparedInputs, run_dir: str, *, results: 
     class_names = inputs.dataset.class_names
     pairs = dict(ids=data.ids, texts=data.texts, class_names=class_names, image_paths=data.image_paths)
 
-    sections = split_examples(image_codes, text_codes, data.labels, seed=seed, **pairs)
+    sections = split_examples(image_codes, text_codes, data.labels, seed=seed,
+                              text_gallery_codes=model.encode_text_gallery(data.texts), **pairs)
     representation = model.config.model.representation
     notes = [
         f"{inputs.dataset.name}, {split} split ({len(data)} pairs), run {os.path.abspath(run_dir)}; "

@@ -23,7 +23,7 @@ TRAINING_FLAGS = {
     "mmd_weight": "loss.mmd", "pair_weight": "loss.pair", "source_weight": "loss.source_ce",
     "learning_rate": "optimizer.learning_rate", "optimizer": "optimizer.name",
     "representation": "model.representation", "image_top_blocks": "model.image_top_blocks",
-    "image_views": "train.image_views",
+    "image_views": "train.image_views", "text_gallery_weight": "model.text_gallery_linear_weight",
 }
 
 
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pair-weight", type=number(float, low=0.0), help="weight of pair_fc6 + pair_fc7")
     parser.add_argument("--source-weight", type=number(float, low=0.0), help="weight of the source cross-entropy")
     parser.add_argument("--representation", choices=("fc10", "fc9"))
+    parser.add_argument("--text-gallery-weight", type=number(float, low=0.0, high=1.0),
+                        help="share of a text's code as an item to find (image->text) taken from a logistic "
+                             "regression on the training texts, 0-1 (0: the network alone; default: the dataset's, "
+                             "0 with --representation fc9)")
     parser.add_argument("--image-top-blocks", type=number(int, low=0),
                         help="train the last N MBConv blocks and the head of the EfficientNet-Lite backbone from their "
                              "ImageNet weights, as the first image layers (0: frozen backbone)")
@@ -59,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args) -> ExperimentConfig:
     """The config a command line asks for: --config file or the dataset's defaults, then flag overrides."""
+    if args.representation == "fc9" and args.text_gallery_weight is None:
+        # The text regression mixes class probabilities, which fc9 activations are not.
+        args = argparse.Namespace(**{**vars(args), "text_gallery_weight": 0.0})
     return config_from_args(args, TRAINING_FLAGS)
 
 

@@ -68,6 +68,9 @@ def build_model(config: ExperimentConfig, inputs: PreparedInputs, *, text_vector
         model.compile(optimizer=make_optimizer(config.optimizer, total_steps=steps * config.train.epochs))
         model.build_all()
         model.optimizer.build(model.trainable_variables)
+    if model.gallery_linear_weight:
+        train = inputs.dataset.splits["train"]
+        model.fit_text_regression(vectorize_texts(text_vectorizer, train.texts), train.labels)
     return model
 
 
@@ -122,7 +125,8 @@ def evaluate_split(model: CHTNModel, inputs: PreparedInputs, split: str) -> dict
     data = inputs.dataset.splits[split]
     image_codes = model.encode_images(inputs.features[split])
     text_codes = model.encode_texts(data.texts)
-    return evaluate_retrieval(image_codes, text_codes, data.labels, data.labels)
+    return evaluate_retrieval(image_codes, text_codes, data.labels, data.labels,
+                              text_gallery_codes=model.encode_text_gallery(data.texts))
 
 
 # ---------------------------------------------------------------- continuing a run folder

@@ -124,7 +124,8 @@ def rank_examples(query_codes, query_labels, gallery_codes, gallery_labels, *, t
 
 
 def split_examples(image_codes, text_codes, labels, *, ids, texts, class_names, image_paths=None,
-                   seed: int = 0, count: int = QUERIES_PER_DIRECTION, top_k: int = TOP_K) -> list:
+                   seed: int = 0, count: int = QUERIES_PER_DIRECTION, top_k: int = TOP_K,
+                   text_gallery_codes=None) -> list:
     """The two sections of a split's examples page: image → text and text → image.
 
     Args:
@@ -134,8 +135,11 @@ def split_examples(image_codes, text_codes, labels, *, ids, texts, class_names, 
         image_paths: the pairs' image files, or None when the image side is features.
         seed: fixes which queries are shown (images and texts are drawn independently).
         count, top_k: queries per direction and results per query.
+        text_gallery_codes: the texts' codes as found items (image → text), when they differ from their
+            query codes (``model.text_gallery_linear_weight``); default ``text_codes``.
     """
     labels = np.asarray(labels)
+    text_gallery_codes = text_codes if text_gallery_codes is None else text_gallery_codes
     n = len(labels)
     if not (len(image_codes) == len(text_codes) == len(ids) == len(texts) == n):
         raise ValueError(f"split_examples: {len(image_codes)} image codes, {len(text_codes)} text codes, "
@@ -152,7 +156,7 @@ def split_examples(image_codes, text_codes, labels, *, ids, texts, class_names, 
 
     sections = []
     for title, query_side, gallery_side, codes, gallery_codes, offset in (
-            ("Image → text", "image", "text", image_codes, text_codes, 0),
+            ("Image → text", "image", "text", image_codes, text_gallery_codes, 0),
             ("Text → image", "text", "image", text_codes, image_codes, 1)):
         chosen = select_queries(labels, count=count, seed=seed + offset)
         top, scores, aps = rank_examples(np.asarray(codes)[chosen], labels[chosen], gallery_codes, labels,

@@ -196,15 +196,19 @@ def _direction(query_codes, query_labels, gallery_codes, gallery_labels, ks, map
 
 
 def evaluate_retrieval(image_codes, text_codes, image_labels, text_labels, *, ks=DEFAULT_KS,
-                       map_ks=DEFAULT_MAP_KS, recall_levels=RECALL_LEVELS) -> dict:
+                       map_ks=DEFAULT_MAP_KS, recall_levels=RECALL_LEVELS, text_gallery_codes=None) -> dict:
     """Both directions (image→text, text→image) of every metric, as a JSON-serialisable dict.
+
+    ``text_gallery_codes``: the texts' codes as retrieved items (image→text), when a model gives them other
+    codes than as queries (see ``model.text_gallery_linear_weight``); default ``text_codes``.
 
     Keys: ``map_i2t``, ``map_t2i``, ``map_avg`` (MAP@all), ``map_at_r_i2t``, ``map_at_r_t2i``,
     ``map_at_k`` ``{"i2t"|"t2i": {"50": ...}}``, ``precision_at_k`` ``{"i2t"|"t2i": {"1": ..., ...}}``,
     ``pr_curve`` ``{"recall": levels, "i2t": interpolated, "t2i": interpolated, "i2t_raw", "t2i_raw"}``.
     """
     recall_levels = np.asarray(recall_levels, dtype=np.float64)
-    i2t = _direction(image_codes, image_labels, text_codes, text_labels, ks, map_ks, recall_levels)
+    gallery = text_codes if text_gallery_codes is None else text_gallery_codes
+    i2t = _direction(image_codes, image_labels, gallery, text_labels, ks, map_ks, recall_levels)
     t2i = _direction(text_codes, text_labels, image_codes, image_labels, ks, map_ks, recall_levels)
     return {
         "map_i2t": i2t["map"], "map_t2i": t2i["map"], "map_avg": (i2t["map"] + t2i["map"]) / 2,

@@ -22,6 +22,7 @@ from chtn_tf.model.branches import (
     build_text_branch,
 )
 from chtn_tf.model.config import ExperimentConfig
+from chtn_tf.model import linear
 
 # Classes of the ImageNet classifier a split backbone's source branch keeps.
 IMAGENET_CLASSES = 1000
@@ -121,9 +122,17 @@ class CHTNModel(keras.Model):
             self.source_branch = None
             self.source_classifier = None
 
+        # The text regression mixed into the text gallery codes (fitted by fit_text_regression, then fixed).
+        self.gallery_linear_weight = (float(model_cfg.text_gallery_linear_weight)
+                                      if model_cfg.representation == "fc10" else 0.0)
+        if self.gallery_linear_weight:
+            self.text_linear_input = linear.SublinearTfIdf(vocab_size, name="text_linear_tfidf")
+            self.text_linear = keras.layers.Dense(self.num_classes, name="text_linear", trainable=False)
+            self.text_linear_input.idf.assign(linear.vectorizer_idf(text_vectorizer))
+
         # Encoders: functional models sharing the layers above, used for evaluation and export.
         self.image_encoder = self._build_image_encoder()
-        self.text_encoder = self._build_text_encoder()
+        self.text_encoder, self.text_gallery_encoder = self._build_text_encoders()
 
         # One tracker per loss term.
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS}
@@ -152,12 +161,39 @@ class CHTNModel(keras.Model):
         fc9, logits = self.image_head(fc7)
         return keras.Model(features, self._representation(fc9, logits), name="image_encoder")
 
-    def _build_text_encoder(self) -> keras.Model:
+    def _build_text_encoders(self) -> tuple:
+        """The text encoder (query codes) and the text gallery encoder (the codes texts are retrieved by), which
+        mixes the text regression's probabilities into the query codes; the same model when there is none."""
         texts = keras.Input(shape=(), dtype="string", name="text")
         bag_of_words = self.text_vectorizer(texts)
         _, fc7 = self.text_branch(bag_of_words)
         fc9, logits = self.text_head(fc7)
-        return keras.Model(texts, self._representation(fc9, logits), name="text_encoder")
+        codes = self._representation(fc9, logits)
+        encoder = keras.Model(texts, codes, name="text_encoder")
+        if not self.gallery_linear_weight:
+            return encoder, encoder
+        linear_logits = self.text_linear(self.text_linear_input(bag_of_words))
+        linear_probabilities = keras.layers.Softmax(name="text_linear_probabilities")(linear_logits)
+        weight = self.gallery_linear_weight
+        gallery_codes = (1.0 - weight) * codes + weight * linear_probabilities
+        return encoder, keras.Model(texts, gallery_codes, name="text_gallery_encoder")
+
+    def fit_text_regression(self, bag_of_words, labels, *, batch_size: int = 1024) -> None:
+        """Fits the text gallery codes' logistic regression on the training texts and sets its fixed layers.
+
+        Args:
+            bag_of_words: the training texts' vectoriser rows (dense or ``tf.SparseTensor``).
+            labels: their class labels.
+        """
+        if not self.gallery_linear_weight:
+            raise ValueError("this model has no text regression to fit (model.text_gallery_linear_weight is 0)")
+        if isinstance(bag_of_words, tf.SparseTensor):
+            bag_of_words = tf.sparse.to_dense(bag_of_words)
+        bag_of_words = np.asarray(bag_of_words, np.float32)
+        rows = np.concatenate([keras.ops.convert_to_numpy(self.text_linear_input(bag_of_words[i:i + batch_size]))
+                               for i in range(0, len(bag_of_words), batch_size)])
+        kernel, bias = linear.fit_logistic_regression(rows, labels, self.num_classes)
+        self.text_linear.set_weights([kernel, bias])
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=False):
@@ -290,10 +326,20 @@ class CHTNModel(keras.Model):
         ]) if len(features) else np.zeros((0, self.code_dim), np.float32)
 
     def encode_texts(self, texts, batch_size: int = 512) -> np.ndarray:
-        """Common representation of raw texts, as numpy."""
+        """Common representation of raw texts as queries (text->image), as numpy."""
+        return self._encode_strings(self._encode_texts_fn, texts, batch_size)
+
+    def encode_text_gallery(self, texts, batch_size: int = 512) -> np.ndarray:
+        """Common representation of raw texts as retrieved items (image->text), as numpy: the query codes
+        unless the model mixes a text regression into them (``model.text_gallery_linear_weight``)."""
+        if self.text_gallery_encoder is self.text_encoder:
+            return self.encode_texts(texts, batch_size)
+        return self._encode_strings(self._encode_text_gallery_fn, texts, batch_size)
+
+    def _encode_strings(self, function, texts, batch_size: int) -> np.ndarray:
         texts = list(texts)
         return np.concatenate([
-            keras.ops.convert_to_numpy(self._encode_texts_fn(tf.constant(texts[i:i + batch_size], dtype=tf.string)))
+            keras.ops.convert_to_numpy(function(tf.constant(texts[i:i + batch_size], dtype=tf.string)))
             for i in range(0, len(texts), batch_size)
         ]) if texts else np.zeros((0, self.code_dim), np.float32)
 
@@ -310,6 +356,10 @@ class CHTNModel(keras.Model):
     @tf.function(reduce_retracing=True)
     def _encode_texts_fn(self, texts):
         return self.text_encoder(texts, training=False)
+
+    @tf.function(reduce_retracing=True)
+    def _encode_text_gallery_fn(self, texts):
+        return self.text_gallery_encoder(texts, training=False)
 
 
 def _frozen_statistics(top: keras.Model) -> keras.Model:

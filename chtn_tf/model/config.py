@@ -36,7 +36,8 @@ FIELD_RANGES = {
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
     "model.input_dropout": (0.0, 1.0, True), "model.text_input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
-    "model.image_top_blocks": (0, None, True), "loss.label_smoothing": (0.0, 1.0, True),
+    "model.image_top_blocks": (0, None, True), "model.text_gallery_linear_weight": (0.0, None, True),
+    "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True), "train.image_views": (1, 8, True),
 }
@@ -137,6 +138,12 @@ class ModelConfig:
             and target at the last block's and the head's outputs; the source branch keeps the backbone's
             ImageNet classifier (ImageNet labels of the source images). The frozen part's feature maps are
             cached. 0: the whole backbone is frozen and the branches start on its pooled features.
+        text_gallery_linear_weight: share of a text's gallery code (the code image->text retrieval ranks texts
+            by) taken from a logistic regression fitted to convergence on the training texts before training
+            and kept fixed (:mod:`chtn_tf.model.linear`): ``(1 - w) * network probabilities + w * regression
+            probabilities``. A text as a query (text->image) keeps the network's code. 0: the network alone
+            everywhere (the released model). It mixes class probabilities, so the ``fc9`` representation ignores
+            it (``training.fit --representation fc9`` sets it to 0).
     """
 
     branch_widths: tuple = (4096, 4096)
@@ -153,6 +160,7 @@ class ModelConfig:
     text_input_dropout: Optional[float] = None
     members: int = 1
     image_top_blocks: int = 0
+    text_gallery_linear_weight: float = 0.0
 
     def __post_init__(self):
         self.branch_widths = tuple(int(w) for w in self.branch_widths)
@@ -163,6 +171,8 @@ class ModelConfig:
             raise ValueError(f"layer widths must be positive (or 0: chosen from the number of training pairs), got "
                              f"branch_widths={list(self.branch_widths)}, shared_widths={list(self.shared_widths)}")
         check_choices(self, "model")
+        if self.text_gallery_linear_weight > 1:
+            raise ValueError(f"model.text_gallery_linear_weight is a share, 0 to 1, got {self.text_gallery_linear_weight!r}")
 
 
 @dataclasses.dataclass

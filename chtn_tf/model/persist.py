@@ -135,7 +135,7 @@ def model_variables(*layers) -> dict:
 
 def encoder_variables(model: CHTNModel) -> dict:
     """The named variables of the image and text encoders (what evaluation and export use)."""
-    return model_variables(model.image_encoder, model.text_encoder)
+    return model_variables(model.image_encoder, model.text_encoder, model.text_gallery_encoder)
 
 
 def optimizer_variables(optimizer: keras.optimizers.Optimizer) -> dict:
