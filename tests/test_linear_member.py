@@ -76,8 +76,12 @@ def test_sublinear_tfidf_matches_a_hand_computation():
 def test_text_gallery_codes_mix_the_networks_probabilities_with_the_fitted_regression():
     weight = 0.4
     model = _model(weight)
-    model.fit_text_regression(vectorize_texts(model.text_vectorizer, TEXTS), LABELS)
     bag_of_words = model.text_vectorizer(tf.constant(TEXTS))
+    model.fit_text_regression(np.asarray(bag_of_words), LABELS, batch_size=3)  # dense rows, three batches
+    from_dense = model.text_linear.get_weights()
+    model.fit_text_regression(vectorize_texts(model.text_vectorizer, TEXTS), LABELS, batch_size=3)
+    for dense, sparse in zip(from_dense, model.text_linear.get_weights()):
+        np.testing.assert_allclose(dense, sparse, rtol=1e-5, atol=1e-6)
     # The network part by hand: softmax of each member's fc10 logits, averaged over the members.
     _, text_fc7 = model.text_branch(bag_of_words)
     network = _softmax_members(model.text_head(text_fc7)[1])

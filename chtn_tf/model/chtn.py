@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from chtn_tf import losses as chtn_losses
-from chtn_tf.model import cross_replica
+from chtn_tf.model import cross_replica, linear
 from chtn_tf.model.branches import (
     build_correlation_head,
     build_image_branch,
@@ -22,7 +22,6 @@ from chtn_tf.model.branches import (
     build_text_branch,
 )
 from chtn_tf.model.config import ExperimentConfig
-from chtn_tf.model import linear
 
 # Classes of the ImageNet classifier a split backbone's source branch keeps.
 IMAGENET_CLASSES = 1000
@@ -187,11 +186,16 @@ class CHTNModel(keras.Model):
         """
         if not self.gallery_linear_weight:
             raise ValueError("this model has no text regression to fit (model.text_gallery_linear_weight is 0)")
-        if isinstance(bag_of_words, tf.SparseTensor):
-            bag_of_words = tf.sparse.to_dense(bag_of_words)
-        bag_of_words = np.asarray(bag_of_words, np.float32)
-        rows = np.concatenate([keras.ops.convert_to_numpy(self.text_linear_input(bag_of_words[i:i + batch_size]))
-                               for i in range(0, len(bag_of_words), batch_size)])
+        import scipy.sparse
+
+        sparse = isinstance(bag_of_words, tf.SparseTensor)
+        count, width = (int(d) for d in bag_of_words.shape)
+        chunks = []
+        for start in range(0, count, batch_size):  # dense a batch at a time: all texts at once may not fit
+            chunk = (tf.sparse.to_dense(tf.sparse.slice(bag_of_words, [start, 0], [batch_size, width])) if sparse
+                     else np.asarray(bag_of_words[start:start + batch_size], np.float32))
+            chunks.append(scipy.sparse.csr_matrix(keras.ops.convert_to_numpy(self.text_linear_input(chunk))))
+        rows = scipy.sparse.vstack(chunks).tocsr() if chunks else scipy.sparse.csr_matrix((0, width - 1))
         kernel, bias = linear.fit_logistic_regression(rows, labels, self.num_classes)
         self.text_linear.set_weights([kernel, bias])
 

@@ -66,7 +66,8 @@ def vectorizer_idf(vectorizer: keras.layers.TextVectorization) -> np.ndarray:
 
 
 def fit_logistic_regression(features, labels, num_classes: int, *, C: float = TEXT_C) -> tuple:
-    """``(kernel [d, num_classes], bias [num_classes])`` of a multinomial logistic regression fitted by L-BFGS.
+    """``(kernel [d, num_classes], bias [num_classes])`` of a multinomial logistic regression fitted by L-BFGS on
+    ``features`` (a numpy array or a scipy sparse matrix).
 
     ``softmax(features @ kernel + bias)`` is scikit-learn's ``predict_proba``. A class absent from ``labels``
     gets a zero column and a very low bias.
@@ -74,7 +75,10 @@ def fit_logistic_regression(features, labels, num_classes: int, *, C: float = TE
     import scipy.sparse
     from sklearn.linear_model import LogisticRegression
 
-    features = np.asarray(features, np.float64)
+    if not scipy.sparse.issparse(features):
+        features = np.asarray(features, np.float64)
+        if np.count_nonzero(features) < 0.25 * features.size:
+            features = scipy.sparse.csr_matrix(features)  # the same fit; L-BFGS products skip the zeros
     labels = np.asarray(labels)
     kernel = np.zeros((features.shape[1], num_classes))
     bias = np.full(num_classes, ABSENT_CLASS_LOGIT)
@@ -82,8 +86,6 @@ def fit_logistic_regression(features, labels, num_classes: int, *, C: float = TE
     if len(present) == 1:  # one class: it gets every item's probability
         bias[present[0]] = 0.0
         return kernel.astype(np.float32), bias.astype(np.float32)
-    if np.count_nonzero(features) < 0.25 * features.size:
-        features = scipy.sparse.csr_matrix(features)  # the same fit; L-BFGS products skip the zeros
     model = LogisticRegression(C=C, max_iter=MAX_ITER).fit(features, labels)
     coef, intercept = model.coef_, model.intercept_
     if len(present) == 2:  # scikit-learn's binary form: p(second) = sigmoid(z), i.e. softmax over (0, z)
