@@ -39,6 +39,8 @@ from chtn_tf.model.text import is_cjk_text  # noqa: E402
 # datasets with raw images (they need a backbone).
 VARIANTS = {
     "CHTN": {},
+    "CHTN, text gallery codes from the network alone (default until 2026-12-03)": {
+        "model.text_gallery_linear_weight": 0.0},
     "CHTN, no source transfer": {"loss.source_transfer": False},
     "CHTN, no pair constraint": {"loss.pair": 0.0},
     "CHTN, no shared layers": {"model.shared_layers": False},
