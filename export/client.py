@@ -21,7 +21,7 @@ import urllib.request
 
 import numpy as np
 
-from export.layout import IMAGE_MODEL, TEXT_MODEL
+from export.layout import IMAGE_MODEL, TEXT_GALLERY_SIGNATURE, TEXT_MODEL
 
 
 class ServingError(RuntimeError):
@@ -177,7 +177,7 @@ def embed_texts(client, texts, *, model: str = TEXT_MODEL, gallery: bool = False
     """Embeddings of raw texts: as queries (``chtn_text`` ``serving_default``), or with ``gallery`` as items
     that image queries find (``serving_gallery``: what a text index stores)."""
     return client.predict(model, "text", [t.encode("utf-8") if isinstance(t, str) else t for t in texts],
-                          signature="serving_gallery" if gallery else "serving_default")
+                          signature=TEXT_GALLERY_SIGNATURE if gallery else "serving_default")
 
 
 def embed_image_bytes(client, encoded, *, model: str = IMAGE_MODEL) -> np.ndarray:

@@ -11,6 +11,8 @@ import os
 
 IMAGE_MODEL = "chtn_image"
 TEXT_MODEL = "chtn_text"
+# The text model's signature for texts as items to find (image->text); ``serving_default`` embeds texts as queries.
+TEXT_GALLERY_SIGNATURE = "serving_gallery"
 
 
 def existing_versions(model_dir: str) -> list:

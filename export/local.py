@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from export.layout import version_dirs
+from export.layout import TEXT_GALLERY_SIGNATURE, version_dirs
 
 
 class ExportedEncoders:
@@ -30,7 +30,7 @@ class ExportedEncoders:
         text_signatures = tf.saved_model.load(text_dir).signatures
         self._text = text_signatures["serving_default"]
         # Exports older than the gallery signature have one text code for both roles.
-        self._text_gallery = text_signatures.get("serving_gallery", self._text)
+        self._text_gallery = text_signatures.get(TEXT_GALLERY_SIGNATURE, self._text)
         self.image_input = next(iter(self._image.structured_input_signature[1]))
 
     @classmethod

@@ -43,10 +43,9 @@ from chtn_tf.atomic import FolderBusy, folder_lock, write_text_atomic
 from chtn_tf.backbones.split import split_backbone_of
 from chtn_tf.data.pipeline import decode_image
 from chtn_tf.model.persist import load_trained_model
-from export.layout import IMAGE_MODEL, TEXT_MODEL, next_version
+from export.layout import IMAGE_MODEL, TEXT_GALLERY_SIGNATURE, TEXT_MODEL, next_version
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-GALLERY_SIGNATURE = "serving_gallery"
 
 
 def image_signatures(model, info) -> tuple:
@@ -95,9 +94,9 @@ def text_signatures(model) -> tuple:
     spec = [tf.TensorSpec([None], tf.string, name="text")]
     # Only the vectoriser is tracked: its vocabulary table is not a variable, so the endpoint alone would leave
     # it out; everything else is a variable the endpoint captures (see stage_version).
-    return {"serving_default": (lambda text: {"embedding": query(text, training=False)}, spec),
-            GALLERY_SIGNATURE: (lambda text: {"embedding": gallery(text, training=False)}, spec)}, \
-        [model.text_vectorizer]
+    signatures = {"serving_default": (lambda text: {"embedding": query(text, training=False)}, spec),
+                  TEXT_GALLERY_SIGNATURE: (lambda text: {"embedding": gallery(text, training=False)}, spec)}
+    return signatures, [model.text_vectorizer]
 
 
 def saved_model_ops(path: str) -> set:
@@ -163,7 +162,7 @@ def _warmup_requests(info) -> tuple:
         image = {"serving_default": {"image_bytes": np.array(_sample_image_bytes(), dtype=object)},
                  "serving_images": {"images": np.full([1, size, size, 3], 0.5, np.float32)}}
     sample = {"text": np.array([b"warm up", "中文".encode("utf-8")], dtype=object)}
-    return image, {"serving_default": sample, GALLERY_SIGNATURE: sample}
+    return image, {"serving_default": sample, TEXT_GALLERY_SIGNATURE: sample}
 
 
 def stage_version(model_dir: str, version: int, signatures: dict, tracked: list, warmup: dict) -> str:
