@@ -144,7 +144,7 @@ def test_text_gallery_weight_is_a_share_and_fc9_codes_ignore_it():
     model = CHTNModel(config, image_feature_dim=5, num_classes=3,
                       text_vectorizer=build_text_vectorizer(config.model, TEXTS))
     assert model.gallery_linear_weight == 0 and model.text_gallery_encoder is model.text_encoder
-    with pytest.raises(ValueError, match="model.text_gallery_linear_weight is a share, 0 to 1"):
+    with pytest.raises(ValueError, match="model.text_gallery_linear_weight must be at least 0.0 and at most 1.0"):
         ExperimentConfig().override({"model.text_gallery_linear_weight": 1.5})
     with pytest.raises(ValueError, match="model.text_gallery_linear_weight must be at least 0"):
         ExperimentConfig().override({"model.text_gallery_linear_weight": -0.1})

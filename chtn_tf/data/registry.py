@@ -37,9 +37,9 @@ class RegisteredDataset:
 # (chtn_tf.model.linear): on a few thousand texts or fewer the network's text probabilities are less accurate and
 # far more confident than the regression's, which cost image->text its lead over semantic matching
 # (benchmarks/RESULTS.md, small collections and "Where the image->text gap comes from").
-TEXT_GALLERY = {"model.text_gallery_linear_weight": 0.75}
+_TEXT_GALLERY = {"model.text_gallery_linear_weight": 0.75}
 _SMALL_DATA = {"model.branch_widths": (1024, 1024), "model.shared_widths": (1024, 1024), "model.dropout": 0.5,
-               **TEXT_GALLERY}
+               **_TEXT_GALLERY}
 # Three networks 512 wide, their class probabilities averaged (chtn_tf.model.sizing): a Web News run trains in
 # 229 s where one 1024-wide network takes 91 s (benchmarks/speed.py, the same 2-core Xeon), and they score higher
 # on test and no lower on validation, 3 seeds each (benchmarks/RESULTS.md):
@@ -75,7 +75,7 @@ NEW_COLLECTION_DEFAULTS = {
     "model.text_input_norm": "l2", "model.text_vocab_size": 5000, "optimizer.name": "adam",
     "optimizer.learning_rate": 1e-3,
     "optimizer.schedule": "cosine", "train.batch_size": 32, "train.epochs": 100, "train.image_views": 5,
-    "model.input_dropout": 0.3, "model.text_input_dropout": 0.0, **TEXT_GALLERY,
+    "model.input_dropout": 0.3, "model.text_input_dropout": 0.0, **_TEXT_GALLERY,
 }
 
 

@@ -26,7 +26,8 @@ FIELD_CHOICES = {
     "optimizer.name": ("sgd", "adam"), "optimizer.schedule": ("constant", "cosine"),
 }
 
-# Allowed ranges of numeric fields: (low, high, low included); high is excluded, None = unbounded.
+# Allowed ranges of numeric fields: (low, high, low included[, high included]); high is excluded unless the fourth
+# entry says otherwise, None = unbounded.
 FIELD_RANGES = {
     "data.val_fraction": (0.0, 1.0, False),
     "model.text_vocab_size": (1, None, True), "model.dropout": (0.0, 1.0, True),
@@ -36,7 +37,7 @@ FIELD_RANGES = {
     "optimizer.learning_rate": (0.0, None, False), "optimizer.momentum": (0.0, 1.0, True),
     "optimizer.weight_decay": (0.0, None, True), "optimizer.ema_momentum": (0.0, 1.0, True),
     "model.input_dropout": (0.0, 1.0, True), "model.text_input_dropout": (0.0, 1.0, True), "model.members": (0, None, True),
-    "model.image_top_blocks": (0, None, True), "model.text_gallery_linear_weight": (0.0, None, True),
+    "model.image_top_blocks": (0, None, True), "model.text_gallery_linear_weight": (0.0, 1.0, True, True),
     "loss.label_smoothing": (0.0, 1.0, True),
     "train.epochs": (1, None, True), "train.batch_size": (1, None, True), "train.seed": (0, None, True),
     "train.early_stopping_patience": (0, None, True), "train.image_views": (1, 8, True),
@@ -70,10 +71,12 @@ def check_field(section_cls, section: str, name: str, value) -> None:
                 dict: "an object", tuple: "a list"}[hint]
         raise ValueError(f"{field} must be {kind}, got {value!r}")
     if field in FIELD_RANGES:
-        low, high, low_included = FIELD_RANGES[field]
-        if (value < low if low_included else value <= low) or (high is not None and value >= high):
+        low, high, low_included, *rest = FIELD_RANGES[field]
+        high_included = bool(rest and rest[0])
+        if (value < low if low_included else value <= low) or (
+                high is not None and (value > high if high_included else value >= high)):
             bounds = f"{'at least' if low_included else 'above'} {low}"
-            bounds += f" and below {high}" if high is not None else ""
+            bounds += (f" and at most {high}" if high_included else f" and below {high}") if high is not None else ""
             raise ValueError(f"{field} must be {bounds}, got {value!r}")
 
 
@@ -171,8 +174,6 @@ class ModelConfig:
             raise ValueError(f"layer widths must be positive (or 0: chosen from the number of training pairs), got "
                              f"branch_widths={list(self.branch_widths)}, shared_widths={list(self.shared_widths)}")
         check_choices(self, "model")
-        if self.text_gallery_linear_weight > 1:
-            raise ValueError(f"model.text_gallery_linear_weight is a share, 0 to 1, got {self.text_gallery_linear_weight!r}")
 
 
 @dataclasses.dataclass

@@ -77,8 +77,6 @@ def fit_logistic_regression(features, labels, num_classes: int, *, C: float = TE
 
     if not scipy.sparse.issparse(features):
         features = np.asarray(features, np.float64)
-        if np.count_nonzero(features) < 0.25 * features.size:
-            features = scipy.sparse.csr_matrix(features)  # the same fit; L-BFGS products skip the zeros
     labels = np.asarray(labels)
     kernel = np.zeros((features.shape[1], num_classes))
     bias = np.full(num_classes, ABSENT_CLASS_LOGIT)
